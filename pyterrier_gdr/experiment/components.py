@@ -1,0 +1,189 @@
+"""Indexes, models and pipelines of an experiment, built once and reused from the cache.
+
+Cache layout (under the experiment's ``cache`` folder, one folder per corpus)::
+
+    <corpus>/bm25.pisa                       pyterrier-pisa index
+    <corpus>/dense-<encoder>[-title].flex    pyterrier-dr FlexIndex (the dense baseline's vectors)
+    <corpus>/gdr-<settings hash>             GDRIndex built from those vectors, with its trained model
+
+Each is built in a temporary sibling and renamed when complete, so an interrupted run
+rebuilds only what it had not finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import pyterrier as pt
+
+from pyterrier_gdr._util import atomic_build_path, resolve_encoder
+from pyterrier_gdr.datasets import Corpus, QuestionSet, load_corpus, load_questions
+from pyterrier_gdr.experiment.config import COMPONENTS, ExperimentConfig, ExperimentError, PipelineSpec
+
+__all__ = ["ExperimentResources"]
+
+logger = logging.getLogger(__name__)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.rstrip("/").split("/")[-1])[:60]
+
+
+class ExperimentResources:
+    """Builds (or reopens) what an experiment's pipelines need, lazily and once each."""
+
+    def __init__(self, config: ExperimentConfig, *, verbose: bool = True):
+        self.config = config
+        self.verbose = verbose
+        self.corpus: Corpus = load_corpus(config.corpus)
+        self.encoder_path = resolve_encoder(config.encoder)
+        self.folder = config.cache / self.corpus.name
+        self._splits: Dict[str, Optional[QuestionSet]] = {}
+        self._bm25 = None
+        self._flex = None
+        self._bi_encoder = None
+        self._gdr = None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def split(self, name: str) -> Optional[QuestionSet]:
+        """The questions of split ``name`` (``train``, ``dev`` or ``test``), or None if the file names none."""
+        if name not in self._splits:
+            source = getattr(self.config, name)
+            self._splits[name] = load_questions(source) if source is not None else None
+        return self._splits[name]
+
+    def documents(self) -> Iterator[dict]:
+        """The corpus as indexed: ``text`` is prefixed with the title when ``title_in_text`` is set."""
+        for doc in self.corpus:
+            text = f"{doc['title']}. {doc['text']}" if self.config.title_in_text and doc["title"] else doc["text"]
+            yield {"docno": doc["docno"], "text": text, "title": doc["title"]}
+
+    # --- indexes ------------------------------------------------------------------------
+
+    def bm25_index(self):
+        """The PISA index of the corpus (built on first use)."""
+        if self._bm25 is None:
+            from pyterrier_pisa import PisaIndex
+
+            path = self.folder / "bm25.pisa"
+            if not path.exists():
+                logger.info("building the BM25 index at %s", path)
+                with atomic_build_path(path) as tmp:
+                    PisaIndex(str(tmp), text_field="text", threads=2).index(self.documents())
+            self._bm25 = PisaIndex(str(path), text_field="text", threads=2)
+        return self._bm25
+
+    def bi_encoder(self):
+        """The pyterrier-dr bi-encoder of the dense baseline."""
+        if self._bi_encoder is None:
+            from pyterrier_dr import SBertBiEncoder
+
+            self._bi_encoder = SBertBiEncoder(self.encoder_path, batch_size=self.config.encoder_batch_size, verbose=self.verbose)
+        return self._bi_encoder
+
+    def flex_index(self):
+        """The pyterrier-dr FlexIndex of the corpus (built on first use)."""
+        if self._flex is None:
+            from pyterrier_dr import FlexIndex
+
+            suffix = "-title" if self.config.title_in_text else ""
+            path = self.folder / f"dense-{_slug(self.config.encoder)}{suffix}.flex"
+            if not path.exists():
+                logger.info("encoding the corpus into %s", path)
+                with atomic_build_path(path) as tmp:
+                    (self.bi_encoder().doc_encoder() >> FlexIndex(str(tmp), verbose=self.verbose)).index(
+                        pt.tqdm(self.documents(), total=self.corpus.count, desc="dense index", unit="doc", disable=not self.verbose)
+                    )
+            self._flex = FlexIndex(str(path), verbose=self.verbose)
+        return self._flex
+
+    def gdr_settings(self) -> dict:
+        """Everything that shapes the GDR index and model; its hash names the cache folder."""
+        return {
+            "encoder": self.config.encoder,
+            "title_in_text": self.config.title_in_text,
+            "tree": asdict(self.config.tree),
+            "training": asdict(self.config.training),
+            "train": self.config.train if isinstance(self.config.train, (str, type(None))) else dict(self.config.train),
+        }
+
+    def gdr_index(self):
+        """The trained GDRIndex (vectors shared with the FlexIndex; built and trained on first use)."""
+        if self._gdr is None:
+            from pyterrier_gdr.index import GDRIndex
+
+            settings = self.gdr_settings()
+            digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+            path = self.folder / f"gdr-{digest}"
+            if not (path / "pt_meta.json").exists():
+                flex = self.flex_index()
+                vectors = flex.payload(return_docnos=False)[0]
+                logger.info("clustering %d document vectors into %s", len(vectors), path)
+                GDRIndex.from_vectors(path, vectors, flex.index_path / "docnos.npids", encoder=self.encoder_path, tree=self.config.tree, overwrite=path.exists(), verbose=self.verbose)
+                with open(path / "experiment_settings.json", "w", encoding="utf-8") as fout:
+                    json.dump(settings, fout, indent=2)
+            index = GDRIndex(path, verbose=self.verbose)
+            if not index.has_model:
+                train = self.split("train")
+                import pandas as pd
+
+                topics = train.topics if train is not None else pd.DataFrame(columns=["qid", "query"])
+                qrels = train.qrels if train is not None else pd.DataFrame(columns=["qid", "docno", "label"])
+                logger.info("training the GDR model of %s", path)
+                index.train(topics, qrels, corpus=self.documents(), config=self.config.training)
+            self._gdr = index
+        return self._gdr
+
+    # --- pipelines ----------------------------------------------------------------------
+
+    def component(self, name: str, params: dict, *, cache: bool = False) -> pt.Transformer:
+        """Return the transformer of component ``name`` with ``params`` over the defaults."""
+        settings = {**COMPONENTS[name], **params}
+        if name == "bm25":
+            return self.bm25_index().bm25(num_results=int(settings["num_results"]), k1=float(settings["k1"]), b=float(settings["b"]))
+        if name == "dense":
+            return self.bi_encoder().query_encoder() >> self.flex_index().np_retriever(num_results=int(settings["num_results"]))
+        if name == "generator":
+            return self.gdr_index().cluster_generator(
+                num_clusters=int(settings["num_clusters"]), beam_size=settings["beam_size"], cache=cache, verbose=False
+            )
+        if name == "centroid":
+            return self.gdr_index().centroid_router(num_clusters=int(settings["num_clusters"]), verbose=False)
+        if name == "ranker":
+            return self.gdr_index().intra_cluster_ranker(
+                alpha=float(settings["alpha"]), num_results=int(settings["num_results"]), fusion=settings["fusion"],
+                temperature=float(settings["temperature"]), verbose=False,
+            )
+        raise ExperimentError(f"unknown component {name!r}; valid: {', '.join(COMPONENTS)}")
+
+    def pipeline(self, spec: PipelineSpec, *, params: Optional[Dict[str, dict]] = None, cache: bool = False) -> Tuple[pt.Transformer, Dict[str, pt.Transformer]]:
+        """Return ``(pipeline, parts)``: the composed transformer and each component's transformer."""
+        params = params or spec.params
+        parts = {name: self.component(name, params.get(name, {}), cache=cache) for name in spec.components}
+        pipeline = None
+        for name in spec.components:
+            pipeline = parts[name] if pipeline is None else pipeline >> parts[name]
+        return pipeline, parts
+
+    def documents_scored(self, spec: PipelineSpec, parts: Dict[str, pt.Transformer]) -> float:
+        """Documents whose score was computed, per query, by the last scoring stage of the pipeline.
+
+        Dense retrieval scores the whole corpus; the GDR ranker counts its candidates. BM25's
+        work depends on the posting lists PISA traverses, which it does not report (NaN).
+        """
+        last = spec.components[-1]
+        if last == "ranker":
+            return parts["ranker"].work.documents_per_query()
+        if last == "dense":
+            return float(self.corpus.count)
+        return float("nan")
+
+    def passage_texts(self, docnos):
+        """Raw passage texts (no title prefix), as answer matching reads them."""
+        return self.corpus.texts(list(docnos))

@@ -1,0 +1,301 @@
+"""The experiment file: a TOML document naming the data, the pipelines and the measures.
+
+Every setting is checked when the file is read, before anything is built, and an error
+names the setting, the value and the valid choices. See ``examples/squad.toml`` for a
+commented file; the sections are:
+
+- top level: ``name``, ``output`` (results folder), ``cache`` (indexes and models);
+- ``[dataset]``: ``corpus``, ``test`` and optional ``train`` and ``dev`` sources;
+- ``[encoder]``: the bi-encoder of the dense baseline and of GDR's document vectors;
+- ``[gdr.tree]`` and ``[gdr.training]``: cluster tree and training settings;
+- ``[evaluation]``: measures, baseline, tuning measure, plot settings;
+- ``[[pipeline]]`` (one table each): ``name``, ``run`` (components joined by ``>>``),
+  ``params`` and ``tune`` (lists of values tried on the dev split).
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from pyterrier_gdr.clusters import ClusterTreeConfig
+from pyterrier_gdr.training import TrainingConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ExperimentError", "ExperimentConfig", "PipelineSpec", "COMPONENTS", "load_experiment", "parse_experiment"]
+
+
+class ExperimentError(ValueError):
+    """An experiment file is invalid; the message names the setting and the fix."""
+
+
+# Component name -> the parameters it accepts and their defaults.
+COMPONENTS: Dict[str, Dict[str, Any]] = {
+    "bm25": {"num_results": 1000, "k1": 0.9, "b": 0.4},
+    "dense": {"num_results": 1000},
+    "generator": {"num_clusters": 10, "beam_size": None},
+    "centroid": {"num_clusters": 10},
+    "ranker": {"alpha": 1.0, "num_results": 100, "fusion": "log_prob", "temperature": 0.05},
+}
+
+# Components whose transformer needs an index built by the experiment.
+NEEDS_INDEX = {"bm25": "bm25", "dense": "flex", "generator": "gdr", "centroid": "gdr", "ranker": "gdr"}
+
+
+def _suggest(value: str, options) -> str:
+    close = difflib.get_close_matches(value, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class PipelineSpec:
+    """One ``[[pipeline]]`` entry, resolved: components in order, parameters per component."""
+
+    name: str
+    components: List[str]
+    params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    tune: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)
+
+    @property
+    def run(self) -> str:
+        return " >> ".join(self.components)
+
+
+@dataclass
+class ExperimentConfig:
+    """A parsed, validated experiment file."""
+
+    name: str
+    source: Optional[Path]
+    output: Path
+    cache: Path
+    corpus: str
+    test: Union[str, Mapping[str, Any]]
+    train: Optional[Union[str, Mapping[str, Any]]]
+    dev: Optional[Union[str, Mapping[str, Any]]]
+    title_in_text: bool
+    encoder: str
+    encoder_batch_size: int
+    tree: ClusterTreeConfig
+    training: TrainingConfig
+    measures: List[str]
+    baseline: Optional[str]
+    correction: Optional[str]
+    tune_measure: str
+    dev_queries: Optional[int]
+    pipelines: List[PipelineSpec]
+    reader: Dict[str, Any] = field(default_factory=dict)
+
+    def needed_indexes(self) -> set:
+        return {NEEDS_INDEX[c] for p in self.pipelines for c in p.components if c in NEEDS_INDEX}
+
+
+def _parse_pipeline(position: int, entry: Mapping[str, Any]) -> PipelineSpec:
+    where = f"[[pipeline]] #{position + 1}"
+    unknown = set(entry) - {"name", "run", "params", "tune"}
+    if unknown:
+        raise ExperimentError(f"{where} has unknown keys {sorted(unknown)}; valid: name, run, params, tune")
+    if "run" not in entry:
+        raise ExperimentError(f"{where} has no 'run'; write e.g. run = \"generator >> ranker\"")
+    name = str(entry.get("name") or entry["run"])
+    where = f"pipeline {name!r}"
+    components = [part.strip() for part in str(entry["run"]).split(">>")]
+    for component in components:
+        if component not in COMPONENTS:
+            raise ExperimentError(
+                f"{where}: unknown component {component!r}{_suggest(component, COMPONENTS)}; valid: {', '.join(COMPONENTS)}"
+            )
+    if len(set(components)) != len(components):
+        raise ExperimentError(f"{where}: a component appears twice in {entry['run']!r}")
+
+    def assign(key: str, value: Any, section: str) -> tuple:
+        # "ranker.alpha" names its component; a bare "alpha" goes to the one component that accepts it.
+        if "." in key:
+            component, parameter = key.split(".", 1)
+            if component not in components:
+                raise ExperimentError(f"{where}: {section} key {key!r} names {component!r}, which is not in {entry['run']!r}")
+            if parameter not in COMPONENTS[component]:
+                raise ExperimentError(
+                    f"{where}: {component} has no parameter {parameter!r}{_suggest(parameter, COMPONENTS[component])}; "
+                    f"valid: {', '.join(COMPONENTS[component])}"
+                )
+            return component, parameter
+        owners = [c for c in components if key in COMPONENTS[c]]
+        if not owners:
+            valid = sorted({p for c in components for p in COMPONENTS[c]})
+            raise ExperimentError(f"{where}: no component of {entry['run']!r} takes {section} key {key!r}{_suggest(key, valid)}; valid: {', '.join(valid)}")
+        if len(owners) > 1:
+            raise ExperimentError(f"{where}: {section} key {key!r} fits {', '.join(owners)}; write e.g. {owners[-1]}.{key}")
+        return owners[0], key
+
+    params: Dict[str, Dict[str, Any]] = {c: {} for c in components}
+    for key, value in dict(entry.get("params", {})).items():
+        component, parameter = assign(key, value, "params")
+        params[component][parameter] = value
+    tune: Dict[str, Dict[str, List[Any]]] = {}
+    for key, values in dict(entry.get("tune", {})).items():
+        component, parameter = assign(key, values, "tune")
+        if not isinstance(values, list) or not values:
+            raise ExperimentError(f"{where}: tune.{key} must be a non-empty list of values; found {values!r}")
+        tune.setdefault(component, {})[parameter] = values
+    return PipelineSpec(name, components, params, tune)
+
+
+def _question_source(dataset: Mapping[str, Any], key: str, required: bool):
+    value = dataset.get(key)
+    if value is None:
+        if required:
+            raise ExperimentError(f"[dataset] needs '{key}' (an irds: id, a questions JSONL path, or a table with id/questions/qrels)")
+        return None
+    if isinstance(value, str) or isinstance(value, Mapping):
+        return value
+    raise ExperimentError(f"[dataset].{key} = {value!r} is invalid; give an irds: id, a JSONL path, or a table")
+
+
+def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = None) -> ExperimentConfig:
+    """Validate a parsed TOML document and return its :class:`ExperimentConfig`.
+
+    Local data files resolve against the folder of ``source`` (when given); ``output`` and
+    ``cache`` resolve against the working directory, where the command runs.
+
+    Raises:
+        ExperimentError: on any invalid or missing setting.
+    """
+    import ir_measures
+
+    from pyterrier_gdr.measures import AnswerMeasures
+
+    base = source.parent if source is not None else Path.cwd()
+    known = {"name", "output", "cache", "dataset", "encoder", "gdr", "evaluation", "pipeline", "reader"}
+    unknown = set(document) - known
+    if unknown:
+        raise ExperimentError(f"unknown top-level keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+
+    def resolve(path_value: str) -> str:
+        if path_value.startswith("irds:"):
+            return path_value
+        path = Path(path_value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    # Data.
+    dataset = dict(document.get("dataset", {}))
+    unknown = set(dataset) - {"corpus", "train", "dev", "test", "title_in_text"}
+    if unknown:
+        raise ExperimentError(f"[dataset] has unknown keys {sorted(unknown)}; valid: corpus, train, dev, test, title_in_text")
+    if "corpus" not in dataset:
+        raise ExperimentError("[dataset] needs 'corpus': an irds: id such as \"irds:pyterrier-gdr/squad-dev\" or a JSONL path")
+    splits = {}
+    for key, required in (("test", True), ("train", False), ("dev", False)):
+        value = _question_source(dataset, key, required)
+        if isinstance(value, str):
+            value = resolve(value)
+        elif isinstance(value, Mapping):
+            value = {k: (resolve(v) if k in ("questions", "qrels") else v) for k, v in value.items()}
+        splits[key] = value
+
+    # Models.
+    encoder = dict(document.get("encoder", {}))
+    unknown = set(encoder) - {"model", "batch_size"}
+    if unknown:
+        raise ExperimentError(f"[encoder] has unknown keys {sorted(unknown)}; valid: model, batch_size")
+    gdr = dict(document.get("gdr", {}))
+    unknown = set(gdr) - {"tree", "training"}
+    if unknown:
+        raise ExperimentError(f"[gdr] has unknown sections {sorted(unknown)}; valid: tree, training")
+    try:
+        tree = ClusterTreeConfig.from_dict(dict(gdr.get("tree", {})))
+        training = TrainingConfig.from_dict(dict(gdr.get("training", {})))
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"[gdr]: {e}") from e
+
+    # Pipelines.
+    entries = document.get("pipeline", [])
+    if not entries:
+        raise ExperimentError("the file defines no [[pipeline]]; add e.g. [[pipeline]] name = \"BM25\" run = \"bm25\"")
+    pipelines = [_parse_pipeline(i, entry) for i, entry in enumerate(entries)]
+    names = [p.name for p in pipelines]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ExperimentError(f"pipeline names must be unique; repeated: {sorted(duplicates)}")
+
+    # Measures.
+    evaluation = dict(document.get("evaluation", {}))
+    unknown = set(evaluation) - {"measures", "baseline", "correction", "tune_measure", "dev_queries"}
+    if unknown:
+        raise ExperimentError(f"[evaluation] has unknown keys {sorted(unknown)}; valid: measures, baseline, correction, tune_measure, dev_queries")
+    measures = list(evaluation.get("measures", ["R@1", "R@10", "R@100", "RR@10"]))
+    probe = AnswerMeasures({}, passage_text=lambda docnos: [])
+    for name in measures:
+        if name.startswith("AnswerAcc") or name in ("EM", "F1"):
+            try:
+                probe.parse(name)
+            except ValueError as e:
+                raise ExperimentError(f"[evaluation].measures: {e}") from e
+            continue
+        try:
+            ir_measures.parse_measure(name)
+        except (ValueError, NameError, SyntaxError) as e:
+            raise ExperimentError(
+                f"[evaluation].measures: unknown measure {name!r}; use ir_measures names (R@100, RR@10, nDCG@10, ...) "
+                "or AnswerAcc@k, EM, F1"
+            ) from e
+    baseline = evaluation.get("baseline")
+    if baseline is not None and baseline not in names:
+        raise ExperimentError(f"[evaluation].baseline = {baseline!r} is not a pipeline name{_suggest(baseline, names)}; valid: {', '.join(names)}")
+    tune_measure = str(evaluation.get("tune_measure", measures[0]))
+    if tune_measure not in measures:
+        raise ExperimentError(f"[evaluation].tune_measure = {tune_measure!r} must be one of the measures: {', '.join(measures)}")
+    correction = evaluation.get("correction", "holm")
+    dev_queries = evaluation.get("dev_queries")
+    if any(p.tune for p in pipelines) and splits["dev"] is None:
+        raise ExperimentError("some pipelines have 'tune' settings but [dataset] names no 'dev' split to tune them on")
+    if any("generator" in p.components or "ranker" in p.components or "centroid" in p.components for p in pipelines):
+        if splits["train"] is None and training.pseudo_queries_per_doc == 0:
+            raise ExperimentError("GDR needs training queries: name a [dataset] 'train' split, or set [gdr.training] pseudo_queries_per_doc > 0")
+
+    return ExperimentConfig(
+        name=str(document.get("name", source.stem if source else "experiment")),
+        source=source,
+        output=Path(str(document.get("output", "runs/" + str(document.get("name", "experiment"))))).expanduser().resolve(),
+        cache=Path(str(document.get("cache", ".cache/pyterrier-gdr"))).expanduser().resolve(),
+        corpus=resolve(str(dataset["corpus"])),
+        test=splits["test"],
+        train=splits["train"],
+        dev=splits["dev"],
+        title_in_text=bool(dataset.get("title_in_text", True)),
+        encoder=str(encoder.get("model", "all-MiniLM-L6-v2")),
+        encoder_batch_size=int(encoder.get("batch_size", 32)),
+        tree=tree,
+        training=training,
+        measures=measures,
+        baseline=baseline,
+        correction=correction,
+        tune_measure=tune_measure,
+        dev_queries=int(dev_queries) if dev_queries is not None else None,
+        pipelines=pipelines,
+        reader=dict(document.get("reader", {})),
+    )
+
+
+def load_experiment(path: Union[str, Path]) -> ExperimentConfig:
+    """Read and validate the experiment file at ``path``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ExperimentError: if it is not valid TOML or a setting is invalid.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"experiment file {str(path)!r} not found")
+    try:
+        with open(path, "rb") as fin:
+            document = tomllib.load(fin)
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path} is not valid TOML: {e}") from e
+    return parse_experiment(document, source=path.resolve())

@@ -1,0 +1,140 @@
+"""Writing an experiment's tables, run files and plots."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+
+from pyterrier_gdr._util import atomic_write_json
+from pyterrier_gdr.measures import has_answer
+
+__all__ = ["write_report", "answer_accuracy_curve"]
+
+MAX_K = 100
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "pipeline"
+
+
+def answer_accuracy_curve(run: pd.DataFrame, answers: Dict[str, List[str]], passage_text, *, max_k: int = MAX_K) -> np.ndarray:
+    """Return top-k answer accuracy for k = 1..max_k: the share of questions with an answer in their top k passages.
+
+    Args:
+        run: ``qid, docno, score`` (ranked by score within each query).
+        answers: gold answers by qid; every qid counts, also those the run missed.
+        passage_text: maps a list of docnos to their texts.
+    """
+    first_hit = {}
+    ranked = run.sort_values(["qid", "score"], ascending=[True, False]).groupby("qid", sort=False).head(max_k)
+    texts = dict(zip(ranked["docno"], passage_text(ranked["docno"].astype(str).tolist()))) if len(ranked) else {}
+    for qid, group in ranked.groupby("qid", sort=False):
+        golds = answers.get(str(qid), [])
+        for rank, docno in enumerate(group["docno"]):
+            if has_answer(texts[docno], golds):
+                first_hit[str(qid)] = rank
+                break
+    ranks = np.array([first_hit.get(qid, np.inf) for qid in answers], dtype=float)
+    if len(ranks) == 0:
+        return np.zeros(max_k)
+    return np.array([(ranks < k).mean() for k in range(1, max_k + 1)])
+
+
+def _plots(result, config, answers, test, resources, output: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    caption = f"{config.name}: {len(test)} test questions, {resources.corpus.count:,} passages"
+    curves = {}
+    if any(test.answers.values()):
+        for name, run in result.runs.items():
+            if {"docno", "score"} <= set(run.columns):
+                curves[name] = answer_accuracy_curve(run, test.answers, resources.passage_texts)
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for name, curve in curves.items():
+            axis.plot(np.arange(1, MAX_K + 1), curve, label=name)
+        axis.set_xscale("log")
+        axis.set_xlabel("k (passages read)")
+        axis.set_ylabel("top-k answer accuracy")
+        axis.set_title(caption, fontsize=9)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = output / "answer_accuracy.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        files.append(path)
+
+    # Accuracy per unit of work: the first answer-accuracy measure (or the first measure) against documents scored.
+    measure = next((m for m in config.measures if m.startswith("AnswerAcc")), config.measures[0])
+    column = next((c for c in result.full_table.columns if str(c) == measure), None)
+    costs = result.full_table["docs scored/q"].astype(float)
+    if column is not None and costs.notna().any():
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for name, cost, value in zip(result.full_table["name"], costs, result.full_table[column].astype(float)):
+            if np.isnan(cost):
+                continue
+            axis.scatter([cost], [value], s=40)
+            axis.annotate(name, (cost, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        skipped = [n for n, c in zip(result.full_table["name"], costs) if np.isnan(c)]
+        axis.set_xscale("log")
+        axis.set_xlabel("documents scored per query (log scale)")
+        axis.set_ylabel(measure)
+        note = f"; not shown (cost not reported): {', '.join(skipped)}" if skipped else ""
+        axis.set_title(caption + note, fontsize=8)
+        axis.grid(True, which="both", alpha=0.3)
+        figure.tight_layout()
+        path = output / "cost.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        files.append(path)
+    return files
+
+
+def write_report(result, config, scans: Dict[str, pd.DataFrame], answers, test, resources) -> List[Path]:
+    """Write the result files into ``config.output``; return their paths."""
+    output = Path(config.output)
+    (output / "runs").mkdir(parents=True, exist_ok=True)
+    files = []
+
+    path = output / "results.csv"
+    result.full_table.to_csv(path, index=False)
+    files.append(path)
+
+    header = (
+        f"# {config.name}\n\n"
+        f"Corpus `{config.corpus}` ({resources.corpus.count:,} passages); test questions `{config.test}` ({len(test):,}). "
+        f"`*`: significantly different from the baseline ({config.baseline}), paired t-test, {config.correction} correction, "
+        "p < 0.05. `mrt (ms)`: mean response time per query on this machine; `docs scored/q`: documents whose "
+        "score was computed per query (n/a for BM25, whose work PISA does not report).\n\n"
+    )
+    path = output / "results.md"
+    path.write_text(header + result.table.to_markdown(index=False) + "\n", encoding="utf-8")
+    files.append(path)
+
+    atomic_write_json(output / "tuning.json", result.tuned)
+    files.append(output / "tuning.json")
+    for name, scan in scans.items():
+        path = output / f"tuning-{_slug(name)}.csv"
+        scan.to_csv(path, index=False)
+        files.append(path)
+
+    for name, run in result.runs.items():
+        if {"qid", "docno", "score"} <= set(run.columns):
+            path = output / "runs" / f"{_slug(name)}.res.gz"
+            pt.io.write_results(run, str(path))
+            files.append(path)
+
+    files.extend(_plots(result, config, answers, test, resources, output))
+    with open(output / "settings.json", "w", encoding="utf-8") as fout:
+        json.dump({"source": str(config.source), "gdr": resources.gdr_settings()}, fout, indent=2, default=str)
+    files.append(output / "settings.json")
+    return files

@@ -1,0 +1,161 @@
+"""``ClusterGenerator``: GDR's inter-cluster matching as a PyTerrier transformer.
+
+For each query the GDR model decodes the most probable cluster identifiers by beam
+search constrained to valid CIDs; the documents of those clusters become the candidates
+that an :class:`~pyterrier_gdr.ranker.IntraClusterRanker` then scores.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pyterrier_alpha as pta
+import torch
+
+__all__ = ["ClusterGenerator", "CANDIDATE_COLUMNS", "WorkCounter"]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS = ["qid", "query", "docno", "score", "rank", "cluster_id", "cluster_score", "cluster_rank", "query_vec"]
+
+
+class WorkCounter:
+    """Counts queries and the documents a transformer scored, for cost reports."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.queries = 0
+        self.documents = 0
+        self.seconds = 0.0
+
+    def documents_per_query(self) -> float:
+        return self.documents / self.queries if self.queries else float("nan")
+
+
+def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_scores: np.ndarray, query_vectors: np.ndarray) -> pd.DataFrame:
+    """Turn the top clusters of each query into one row per candidate document.
+
+    Args:
+        index: the :class:`~pyterrier_gdr.index.GDRIndex`.
+        topics: ``(B)`` rows with ``qid`` and ``query`` (other columns are carried).
+        leaves: ``(B, C)`` leaf ids, best first, -1 where absent.
+        cluster_scores: ``(B, C)`` cluster scores (higher is better).
+        query_vectors: ``(B, dim)``.
+    """
+    offsets, members = index.tree.members()
+    rows_topic, rows_doc, rows_leaf, rows_score, rows_rank = [], [], [], [], []
+    for i in range(len(topics)):
+        for rank, (leaf, score) in enumerate(zip(leaves[i], cluster_scores[i])):
+            if leaf < 0 or not np.isfinite(score):
+                continue
+            docs = members[offsets[leaf]:offsets[leaf + 1]]
+            rows_topic.append(np.full(len(docs), i))
+            rows_doc.append(docs)
+            rows_leaf.append(np.full(len(docs), leaf))
+            rows_score.append(np.full(len(docs), score, dtype=np.float64))
+            rows_rank.append(np.full(len(docs), rank))
+    if not rows_doc:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
+    topic_index = np.concatenate(rows_topic)
+    doc_ids = np.concatenate(rows_doc)
+    result = topics.iloc[topic_index].reset_index(drop=True)
+    result["docno"] = index.docnos_of(doc_ids)
+    result["cluster_id"] = np.concatenate(rows_leaf).astype(np.int64)
+    result["cluster_score"] = np.concatenate(rows_score)
+    result["cluster_rank"] = np.concatenate(rows_rank).astype(np.int64)
+    result["score"] = result["cluster_score"]
+    # Rank: by cluster, then by position inside the cluster.
+    result["rank"] = result.groupby("qid", sort=False).cumcount().astype(np.int64)
+    result["query_vec"] = list(query_vectors[topic_index])
+    return result
+
+
+class ClusterGenerator(pt.Transformer):
+    """Queries -> candidate documents of the clusters the GDR model generates.
+
+    Output columns: ``qid, query, docno, score, rank`` (``score`` is the cluster score, so
+    documents of one cluster tie), ``cluster_id`` (leaf id), ``cluster_score`` (log-probability
+    of the cluster's CID), ``cluster_rank`` and ``query_vec`` (the model's query vector, so the
+    ranker need not encode the query again).
+
+    Args:
+        index: the trained :class:`~pyterrier_gdr.index.GDRIndex`.
+        num_clusters: clusters per query whose documents are returned.
+        beam_size: beams of the constrained beam search; ``num_clusters`` when omitted.
+        batch_size: queries decoded together.
+        verbose: show progress over query batches.
+    """
+
+    def __init__(self, index, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False, verbose: bool = False):
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters={num_clusters} is invalid; it must be at least 1")
+        if beam_size is not None and beam_size < num_clusters:
+            raise ValueError(f"beam_size={beam_size} is smaller than num_clusters={num_clusters}; use beam_size >= num_clusters")
+        self.index = index
+        self.num_clusters = num_clusters
+        self.beam_size = beam_size
+        self.batch_size = batch_size
+        self.cache = cache
+        self.verbose = verbose
+        self.work = WorkCounter()
+        self._decoded = {}
+
+    def __repr__(self) -> str:
+        return f"ClusterGenerator({self.index!r}, num_clusters={self.num_clusters}, beam_size={self.beam_size})"
+
+    @property
+    def effective_beam_size(self) -> int:
+        """The beam size used: ``beam_size``, or ``num_clusters`` when unset or smaller."""
+        return max(self.num_clusters, self.beam_size or 0)
+
+    def clear_cache(self) -> None:
+        """Forget decoded queries (kept only when ``cache`` is on, e.g. while tuning other stages)."""
+        self._decoded = {}
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.query_frame(inp, extra_columns=["query"])
+        if len(inp) == 0:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
+        topics = inp.reset_index(drop=True)
+        beam = self.effective_beam_size
+        queries = topics["query"].astype(str).tolist()
+        todo = sorted({q for q in queries if (q, beam) not in self._decoded})
+        lookup = self._decode(todo, beam)
+        if self.cache:
+            self._decoded.update(lookup)
+            lookup = self._decoded
+        leaves = np.stack([lookup[(q, beam)][0][: self.num_clusters] for q in queries])
+        scores = np.stack([lookup[(q, beam)][1][: self.num_clusters] for q in queries])
+        vectors = np.stack([lookup[(q, beam)][2] for q in queries])
+        self.work.queries += len(topics)
+        return expand_clusters(self.index, topics, leaves, scores, vectors)
+
+    def _decode(self, queries: List[str], beam: int) -> dict:
+        """Return ``{(query, beam): (leaves, scores, query_vector)}`` for ``queries``, decoded in batches."""
+        from pyterrier_gdr.decoding import constrained_beam_search
+
+        if not queries:
+            return {}
+        model = self.index.model
+        trie = self.index.torch_trie()
+        decoded = {}
+        batches = range(0, len(queries), self.batch_size)
+        for start in pt.tqdm(batches, desc="ClusterGenerator", unit="batch", disable=not self.verbose):
+            batch = queries[start:start + self.batch_size]
+            with torch.no_grad():
+                tokens = model.tokenize(batch)
+                encoder_outputs = model.encode(**tokens)
+                query_vectors = model.query_vectors(encoder_outputs.last_hidden_state, tokens["attention_mask"])
+                leaves, scores = constrained_beam_search(
+                    model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam, encoder_outputs=encoder_outputs
+                )
+            leaves, scores = leaves.cpu().numpy(), scores.cpu().numpy()
+            query_vectors = query_vectors.float().cpu().numpy()
+            for i, query in enumerate(batch):
+                decoded[(query, beam)] = (leaves[i], scores[i], query_vectors[i])
+        return decoded

@@ -1,0 +1,79 @@
+"""``CentroidRouter``: memory-free cluster selection, the baseline GDR's generator competes with.
+
+Clusters are ranked by the inner product of the query vector with each leaf's centroid,
+with no generative model and nothing memorised. At the same number of clusters, comparing
+``router >> ranker`` with ``generator >> ranker`` isolates what the generator's memory adds.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pyterrier_alpha as pta
+import torch
+
+from pyterrier_gdr.generator import CANDIDATE_COLUMNS, WorkCounter, expand_clusters
+
+__all__ = ["CentroidRouter"]
+
+
+class CentroidRouter(pt.Transformer):
+    """Queries -> candidate documents of the clusters whose centroids best match the query.
+
+    Output columns are those of :class:`~pyterrier_gdr.generator.ClusterGenerator`;
+    ``cluster_score`` is ``q . centroid / temperature``, a logit on the scale of the
+    contrastive training, so the ranker's fusion treats it like a generator's log-probability.
+
+    Args:
+        index: the :class:`~pyterrier_gdr.index.GDRIndex` (its trained model encodes queries;
+            an untrained index uses the base encoder).
+        num_clusters: clusters per query whose documents are returned.
+        batch_size: queries encoded together.
+        temperature: divides the inner products.
+    """
+
+    def __init__(self, index, *, num_clusters: int = 10, batch_size: int = 64, temperature: float = 0.05, verbose: bool = False):
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters={num_clusters} is invalid; it must be at least 1")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} is invalid; it must be positive")
+        self.index = index
+        self.num_clusters = num_clusters
+        self.batch_size = batch_size
+        self.temperature = temperature
+        self.verbose = verbose
+        self.work = WorkCounter()
+        self._centroids = None
+
+    def __repr__(self) -> str:
+        return f"CentroidRouter({self.index!r}, num_clusters={self.num_clusters})"
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.query_frame(inp, extra_columns=["query"])
+        if len(inp) == 0:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
+        topics = inp.reset_index(drop=True)
+        frames: List[pd.DataFrame] = []
+        k = min(self.num_clusters, self.index.tree.num_leaves)
+        batches = range(0, len(topics), self.batch_size)
+        for start in pt.tqdm(batches, desc="CentroidRouter", unit="batch", disable=not self.verbose):
+            batch = topics.iloc[start:start + self.batch_size].reset_index(drop=True)
+            query_vectors = self.index.encode_queries(batch["query"].tolist())  # (B, dim) tensor
+            centroids = self._centroid_tensor(query_vectors.device)
+            with torch.no_grad():
+                scores, leaves = (query_vectors @ centroids.T).topk(k, dim=1)  # (B, k)
+            frames.append(
+                expand_clusters(
+                    self.index, batch, leaves.cpu().numpy(), (scores / self.temperature).double().cpu().numpy(),
+                    query_vectors.float().cpu().numpy(),
+                )
+            )
+        self.work.queries += len(topics)
+        return pd.concat(frames, ignore_index=True)
+
+    def _centroid_tensor(self, device) -> torch.Tensor:
+        if self._centroids is None or self._centroids.device != device:
+            self._centroids = torch.as_tensor(np.asarray(self.index.tree.leaf_centroids), device=device)
+        return self._centroids
