@@ -70,8 +70,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("faiss.loader", "sentence_transformers", "httpx", "pyterrier_pisa"):
+    for noisy in ("faiss.loader", "sentence_transformers", "httpx", "pyterrier_pisa", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes (installed for the reader) warns on import that its optional CPU kernels are not cached.
+    for noisy in ("kernels", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from pyterrier_gdr.experiment import ExperimentError
     from pyterrier_gdr.index import IndexFormatError
 

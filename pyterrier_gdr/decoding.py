@@ -57,6 +57,89 @@ class TorchTrie:
         return tokens
 
 
+class CachedBertDecoder:
+    """Incremental decoding with the weights of the CID decoder (a ``transformers`` ``BertLMHeadModel``).
+
+    ``transformers`` recomputes or re-indexes every beam's cross-attention keys and values;
+    here they are computed once per query and shared by its beams, and each step runs one
+    new token per beam against a cache of the earlier tokens' self-attention keys and
+    values. The arithmetic is BERT's (post-layer-norm, absolute positions), so the logits
+    equal the full forward pass of the same module (checked in the tests). Inference only:
+    dropout is not applied.
+    """
+
+    def __init__(self, decoder):
+        from transformers.activations import ACT2FN
+
+        config = decoder.config
+        self.bert = decoder.bert
+        self.head = decoder.cls.predictions
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.activation = ACT2FN[config.hidden_act]
+        self.head_activation = ACT2FN[config.hidden_act]
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_heads, self.head_dim)  # (..., H) -> (..., heads, head_dim)
+
+    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> dict:
+        """Precompute the cross-attention keys and values of ``(B, T, H)`` encoder states, once per query."""
+        cross = []
+        for layer in self.bert.encoder.layer:
+            attention = layer.crossattention.self
+            keys = self._split(attention.key(memory)).transpose(1, 2)  # (B, heads, T, d)
+            values = self._split(attention.value(memory)).transpose(1, 2)  # (B, heads, T, d)
+            cross.append((keys, values))
+        bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device)
+        bias = bias.masked_fill(memory_mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
+        return {"cross": cross, "memory_bias": bias, "self": [None] * len(cross)}
+
+    def reorder(self, state: dict, source_beam: torch.Tensor) -> None:
+        """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``)."""
+        for i, cached in enumerate(state["self"]):
+            if cached is None:
+                continue
+            keys, values = cached  # (B, W, heads, t, d)
+            index = source_beam[:, :, None, None, None].expand_as(keys)
+            state["self"][i] = (keys.gather(1, index), values.gather(1, index))
+
+    def step(self, tokens: torch.Tensor, position: int, state: dict) -> torch.Tensor:
+        """Feed ``(B, W)`` tokens at ``position``; return ``(B, W, vocab)`` logits."""
+        embeddings = self.bert.embeddings
+        x = embeddings.word_embeddings(tokens) + embeddings.position_embeddings.weight[position]
+        x = x + embeddings.token_type_embeddings.weight[0]
+        x = embeddings.LayerNorm(x)  # (B, W, H)
+        scale = self.head_dim ** -0.5
+        for i, layer in enumerate(self.bert.encoder.layer):
+            # Self-attention over this beam's tokens so far.
+            attention = layer.attention.self
+            query = self._split(attention.query(x))  # (B, W, heads, d)
+            key = self._split(attention.key(x))[:, :, :, None, :]  # (B, W, heads, 1, d)
+            value = self._split(attention.value(x))[:, :, :, None, :]
+            if state["self"][i] is not None:
+                key = torch.cat([state["self"][i][0], key], dim=3)  # (B, W, heads, t, d)
+                value = torch.cat([state["self"][i][1], value], dim=3)
+            state["self"][i] = (key, value)
+            weights = torch.softmax(torch.einsum("bwhd,bwhtd->bwht", query, key) * scale, dim=-1)
+            context = torch.einsum("bwht,bwhtd->bwhd", weights, value).flatten(2)  # (B, W, H)
+            x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
+
+            # Cross-attention to the query's encoder states, shared by all its beams.
+            attention = layer.crossattention.self
+            cross_keys, cross_values = state["cross"][i]  # (B, heads, T, d)
+            query = self._split(attention.query(x))  # (B, W, heads, d)
+            scores = torch.einsum("bwhd,bhtd->bwht", query, cross_keys) * scale + state["memory_bias"].transpose(1, 2)
+            context = torch.einsum("bwht,bhtd->bwhd", torch.softmax(scores, dim=-1), cross_values).flatten(2)
+            x = layer.crossattention.output.LayerNorm(layer.crossattention.output.dense(context) + x)
+
+            # Feed-forward.
+            hidden = self.activation(layer.intermediate.dense(x))
+            x = layer.output.LayerNorm(layer.output.dense(hidden) + x)
+        transform = self.head.transform
+        x = transform.LayerNorm(self.head_activation(transform.dense(x)))
+        return self.head.decoder(x)  # (B, W, vocab)
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model,
@@ -87,13 +170,14 @@ def constrained_beam_search(
     neg_inf = torch.tensor(float("-inf"), device=device)
     if encoder_outputs is None:
         encoder_outputs = model.encode(input_ids, attention_mask)
-    states = encoder_outputs.last_hidden_state  # (B, T, H)
+    decoder = CachedBertDecoder(model.seq2seq.decoder)
+    state = decoder.start(encoder_outputs.last_hidden_state, attention_mask)
 
-    # Live beams: trie node, score and tokens so far; beam 0 starts at the root, the others are empty.
+    # Live beams: trie node, score and last token; beam 0 starts at the root, the others are empty.
     nodes = torch.zeros(batch, width, dtype=torch.long, device=device)
     scores = torch.full((batch, width), float("-inf"), device=device)
     scores[:, 0] = 0.0
-    tokens = torch.zeros(batch, width, 1, dtype=torch.long, device=device)
+    last_tokens = torch.zeros(batch, width, dtype=torch.long, device=device)  # the decoder start token
     # Finished hypotheses: the best `width` per query.
     pool_leaves = torch.full((batch, width), -1, dtype=torch.long, device=device)
     pool_scores = torch.full((batch, width), float("-inf"), device=device)
@@ -104,27 +188,18 @@ def constrained_beam_search(
         live = torch.isfinite(scores) & ~done[:, None]  # (B, W)
         if not live.any():
             break
-        rows = live.nonzero(as_tuple=False)  # (n, 2): query, beam
-        query_index, beam_index = rows[:, 0], rows[:, 1]
-
-        # Decoder on the live beams only, each with its query's encoder states.
-        row_outputs = type(encoder_outputs)(last_hidden_state=states[query_index])
-        logits = model.decoder_logits(row_outputs, attention_mask[query_index], tokens[query_index, beam_index])
-        log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (n, vocab)
+        log_probs = torch.log_softmax(decoder.step(last_tokens, position, state).float(), dim=-1)  # (B, W, vocab)
 
         # Candidates per beam: k digits at this position, then EOS; invalid ones are -inf.
         digit_tokens = position * k + digit_offsets + 2  # (k,)
-        in_vocab = digit_tokens < log_probs.shape[1]
-        candidate_log_probs = torch.full((len(rows), k + 1), float("-inf"), device=device)
-        candidate_log_probs[:, :k][:, in_vocab] = log_probs[:, digit_tokens[in_vocab]]
-        candidate_log_probs[:, k] = log_probs[:, 1]
-        row_nodes = nodes[query_index, beam_index]  # (n,)
-        valid = torch.cat([trie.children[row_nodes] >= 0, (trie.node_leaf[row_nodes] >= 0)[:, None]], dim=1)  # (n, k+1)
-        candidate_log_probs = torch.where(valid, candidate_log_probs, neg_inf)
-
-        candidates = torch.full((batch, width, k + 1), float("-inf"), device=device)
-        candidates[query_index, beam_index] = scores[query_index, beam_index, None] + candidate_log_probs
-        flat = candidates.view(batch, width * (k + 1))  # (B, W*(k+1))
+        in_vocab = digit_tokens < log_probs.shape[-1]
+        candidate_log_probs = torch.full((batch, width, k + 1), float("-inf"), device=device)
+        candidate_log_probs[:, :, :k][:, :, in_vocab] = log_probs[:, :, digit_tokens[in_vocab]]
+        candidate_log_probs[:, :, k] = log_probs[:, :, 1]
+        valid = torch.cat([trie.children[nodes] >= 0, (trie.node_leaf[nodes] >= 0)[:, :, None]], dim=2)  # (B, W, k+1)
+        valid &= live[:, :, None]
+        candidates = torch.where(valid, scores[:, :, None] + candidate_log_probs, neg_inf)  # (B, W, k+1)
+        flat = candidates.view(batch, width * (k + 1))
 
         # Finished: EOS candidates ranked within the top `width` of all candidates join the pool.
         top_scores, top_index = flat.topk(min(width, flat.shape[1]), dim=1)
@@ -137,15 +212,15 @@ def constrained_beam_search(
         pool_leaves = merged_leaves.gather(1, order)
 
         # Live: the best `width` non-EOS candidates.
-        digits_only = candidates.clone()
-        digits_only[:, :, k] = float("-inf")
-        next_scores, next_index = digits_only.view(batch, -1).topk(width, dim=1)
+        candidates[:, :, k] = float("-inf")
+        next_scores, next_index = candidates.view(batch, -1).topk(width, dim=1)
         source_beam, digit = next_index // (k + 1), next_index % (k + 1)
         next_nodes = trie.children[nodes.gather(1, source_beam), digit.clamp(max=k - 1)]
-        next_tokens = torch.where(torch.isfinite(next_scores), position * k + digit + 2, 0)
-        tokens = torch.cat([tokens.gather(1, source_beam[:, :, None].expand(-1, -1, tokens.shape[2])), next_tokens[:, :, None]], dim=2)
-        nodes = torch.where(torch.isfinite(next_scores), next_nodes, 0)
+        alive = torch.isfinite(next_scores)
+        last_tokens = torch.where(alive, position * k + digit + 2, 0)
+        nodes = torch.where(alive, next_nodes, 0)
         scores = next_scores
+        decoder.reorder(state, source_beam)
 
         # A query is done when its pool is full and no live beam can beat the pool's worst
         # hypothesis: log-probabilities only decrease as a CID grows.

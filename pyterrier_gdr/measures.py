@@ -91,6 +91,8 @@ class AnswerMeasures:
         self.answers = {str(qid): list(golds) for qid, golds in answers.items()}
         self.passage_text = passage_text
         self._contains: Dict[tuple, bool] = {}
+        self._text_normalized: Dict[str, str] = {}
+        self._answers_normalized: Dict[str, List[str]] = {}
 
     def parse(self, name: str) -> ir_measures.Measure:
         """Return the measure called ``name`` (``AnswerAcc@k``, ``EM`` or ``F1``).
@@ -126,17 +128,28 @@ class AnswerMeasures:
             self._scorer(token_f1), name="F1", support_cutoff=False, run_inputs=["query_id", "qanswer"]
         )
 
+    def contains_answer(self, qid: str, docnos: Sequence[str]) -> List[bool]:
+        """Return, for each of ``docnos``, whether its passage contains a gold answer of ``qid`` (cached)."""
+        qid = str(qid)
+        unknown = [d for d in dict.fromkeys(docnos) if (qid, d) not in self._contains]
+        if unknown:
+            if qid not in self._answers_normalized:
+                self._answers_normalized[qid] = [f" {a} " for a in map(normalize_answer, self.answers.get(qid, [])) if a]
+            golds = self._answers_normalized[qid]
+            missing_text = [d for d in unknown if d not in self._text_normalized]
+            if missing_text:
+                for docno, text in zip(missing_text, self.passage_text(missing_text)):
+                    self._text_normalized[docno] = f" {normalize_answer(text)} "
+            for docno in unknown:
+                text = self._text_normalized[docno]
+                self._contains[(qid, docno)] = any(gold in text for gold in golds)
+        return [self._contains[(qid, d)] for d in docnos]
+
     def _accuracy_of_query(self, qrels: pd.DataFrame, run: pd.DataFrame) -> float:
         if len(run) == 0:
             return 0.0
         qid = str(run["query_id"].iloc[0])
-        golds = self.answers.get(qid, [])
-        docnos = [str(d) for d in run["doc_id"]]
-        unknown = [d for d in docnos if (qid, d) not in self._contains]
-        if unknown:
-            for docno, text in zip(unknown, self.passage_text(unknown)):
-                self._contains[(qid, docno)] = has_answer(text, golds)
-        return float(any(self._contains[(qid, d)] for d in docnos))
+        return float(any(self.contains_answer(qid, [str(d) for d in run["doc_id"]])))
 
     def _scorer(self, compare: Callable[[str, Iterable[str]], float]):
         def score_query(qrels: pd.DataFrame, run: pd.DataFrame) -> float:

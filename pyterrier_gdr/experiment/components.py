@@ -84,7 +84,8 @@ class ExperimentResources:
         if self._bi_encoder is None:
             from pyterrier_dr import SBertBiEncoder
 
-            self._bi_encoder = SBertBiEncoder(self.encoder_path, batch_size=self.config.encoder_batch_size, verbose=self.verbose)
+            # Not verbose: its per-batch bars would interleave with each query batch; the corpus bar is ours.
+            self._bi_encoder = SBertBiEncoder(self.encoder_path, batch_size=self.config.encoder_batch_size, verbose=False)
         return self._bi_encoder
 
     def flex_index(self):

@@ -11,7 +11,7 @@ import pandas as pd
 import pyterrier as pt
 
 from pyterrier_gdr._util import atomic_write_json
-from pyterrier_gdr.measures import has_answer
+from pyterrier_gdr.measures import AnswerMeasures
 
 __all__ = ["write_report", "answer_accuracy_curve"]
 
@@ -22,24 +22,21 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "pipeline"
 
 
-def answer_accuracy_curve(run: pd.DataFrame, answers: Dict[str, List[str]], passage_text, *, max_k: int = MAX_K) -> np.ndarray:
+def answer_accuracy_curve(run: pd.DataFrame, answers: AnswerMeasures, *, max_k: int = MAX_K) -> np.ndarray:
     """Return top-k answer accuracy for k = 1..max_k: the share of questions with an answer in their top k passages.
 
     Args:
         run: ``qid, docno, score`` (ranked by score within each query).
-        answers: gold answers by qid; every qid counts, also those the run missed.
-        passage_text: maps a list of docnos to their texts.
+        answers: the gold answers and passage texts; every question with answers counts,
+            also those the run returned nothing for.
     """
     first_hit = {}
     ranked = run.sort_values(["qid", "score"], ascending=[True, False]).groupby("qid", sort=False).head(max_k)
-    texts = dict(zip(ranked["docno"], passage_text(ranked["docno"].astype(str).tolist()))) if len(ranked) else {}
     for qid, group in ranked.groupby("qid", sort=False):
-        golds = answers.get(str(qid), [])
-        for rank, docno in enumerate(group["docno"]):
-            if has_answer(texts[docno], golds):
-                first_hit[str(qid)] = rank
-                break
-    ranks = np.array([first_hit.get(qid, np.inf) for qid in answers], dtype=float)
+        hits = answers.contains_answer(str(qid), group["docno"].astype(str).tolist())
+        if any(hits):
+            first_hit[str(qid)] = hits.index(True)
+    ranks = np.array([first_hit.get(qid, np.inf) for qid in answers.answers], dtype=float)
     if len(ranks) == 0:
         return np.zeros(max_k)
     return np.array([(ranks < k).mean() for k in range(1, max_k + 1)])
@@ -57,7 +54,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
     if any(test.answers.values()):
         for name, run in result.runs.items():
             if {"docno", "score"} <= set(run.columns):
-                curves[name] = answer_accuracy_curve(run, test.answers, resources.passage_texts)
+                curves[name] = answer_accuracy_curve(run, answers)
         figure, axis = plt.subplots(figsize=(7, 4.5))
         for name, curve in curves.items():
             axis.plot(np.arange(1, MAX_K + 1), curve, label=name)

@@ -168,6 +168,6 @@ def _compact_table(full: pd.DataFrame, measure_names: List[str], baseline: Optio
         if baseline is not None and rejected in full.columns:
             values = [v + ("*" if bool(r) and i != baseline else "") for i, (v, r) in enumerate(zip(values, full[rejected]))]
         table[name] = list(values)
-    table[MRT_COLUMN] = full[MRT_COLUMN].map(lambda v: f"{v:.1f}")
+    table[MRT_COLUMN] = full[MRT_COLUMN].map(lambda v: f"{v:.2f}")
     table[COST_COLUMN] = full[COST_COLUMN].map(lambda v: "n/a" if np.isnan(v) else f"{v:,.0f}")
     return table

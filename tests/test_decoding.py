@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from pyterrier_gdr.clusters import ClusterTreeConfig, build_cluster_tree
+from pyterrier_gdr.decoding import TorchTrie, constrained_beam_search
+from pyterrier_gdr.model import GDRModel, GDRModelConfig, _new_decoder
+
+QUERIES = [
+    "who won super bowl 50",
+    "what is anarchism",
+    "capital of france",
+    "when did einstein publish relativity",
+    "how many moons does mars have",
+    "largest city in alaska",
+]
+
+
+@pytest.fixture(scope="module")
+def tree():
+    vectors = np.random.default_rng(0).standard_normal((1500, 16)).astype(np.float32)
+    return build_cluster_tree(vectors, ClusterTreeConfig(branching_factor=6, leaf_size=6, adaptive=True))
+
+
+@pytest.fixture(scope="module")
+def model(tree, encoder_path):
+    """A tiny random GDR model: real tokenizer, small random encoder and decoder."""
+    torch.manual_seed(0)
+    codec = tree.codec()
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    config = GDRModelConfig(encoder=encoder_path, vocab_size=codec.vocab_size, max_cid_length=tree.max_depth + 1, query_dim=32, decoder_heads=2)
+    return GDRModel(config, encoder, _new_decoder(config, 32), tokenizer).eval()
+
+
+def reference_leaves(model, tree, trie, beam):
+    """Top clusters by transformers' generate with a per-step Python callback."""
+    tokens = model.tokenize(QUERIES)
+    output = model.seq2seq.generate(
+        **tokens, num_beams=beam, num_return_sequences=beam, max_new_tokens=tree.max_depth + 1, do_sample=False,
+        length_penalty=0.0, early_stopping=False, output_scores=True, return_dict_in_generate=True,
+        prefix_allowed_tokens_fn=lambda batch_id, prefix: trie.allowed_tokens(prefix.tolist()),
+    )
+    codec = tree.codec()
+    leaf_of_code = {tree.leaf_code(leaf): leaf for leaf in range(tree.num_leaves)}
+    sequences = output.sequences.view(len(QUERIES), beam, -1)
+    leaves = [[leaf_of_code.get(codec.decode(seq.tolist()[1:]), -1) for seq in row] for row in sequences]
+    return leaves, output.sequences_scores.view(len(QUERIES), beam)
+
+
+@pytest.mark.parametrize("beam", [2, 4, 16])
+def test_matches_prefix_allowed_tokens_fn(model, tree, beam):
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    tokens = model.tokenize(QUERIES)
+    leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam)
+    expected_leaves, expected_scores = reference_leaves(model, tree, trie, beam)
+    assert leaves.tolist() == expected_leaves
+    assert torch.allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_never_returns_invalid_cid(model, tree):
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    tokens = model.tokenize(QUERIES)
+    leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=30)
+    assert ((leaves >= 0) & (leaves < tree.num_leaves)).all()
+    for row in leaves.tolist():
+        assert len(set(row)) == len(row)
+
+
+def test_scores_sorted_and_are_log_probabilities(model, tree):
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    tokens = model.tokenize(QUERIES)
+    _, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=10)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    assert (scores <= 0).all()
+
+
+def test_beam_larger_than_valid_cids(model):
+    vectors = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
+    small = build_cluster_tree(vectors, ClusterTreeConfig(branching_factor=2, leaf_size=10))
+    trie = TorchTrie.from_trie(small.trie(), max_depth=small.max_depth)
+    tokens = model.tokenize(QUERIES[:2])
+    leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=8)
+    found = leaves[0][leaves[0] >= 0]
+    assert sorted(found.tolist()) == list(range(small.num_leaves))
+    assert torch.isinf(scores[0, small.num_leaves:]).all()
+
+
+def test_allowed_tokens_follow_trie(tree):
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    first = trie.allowed_tokens([0])
+    assert first
+    assert all(2 <= t < 2 + tree.config.branching_factor for t in first)
+    leaf_code = tree.leaf_code(0)
+    prefix = [0] + tree.codec().encode(leaf_code)[:-1]
+    assert trie.allowed_tokens(prefix) == [1]
+
+
+def test_cached_steps_equal_full_forward(model, tree):
+    from pyterrier_gdr.decoding import CachedBertDecoder
+
+    tokens = model.tokenize(QUERIES[:3])
+    encoder_outputs = model.encode(**tokens)
+    labels = torch.as_tensor(tree.leaf_tokens(np.array([0, 5, 9])))  # (3, L)
+    decoder_inputs = torch.zeros_like(labels)
+    decoder_inputs[:, 1:] = labels[:, :-1]
+    with torch.no_grad():
+        full = model.decoder_logits(encoder_outputs, tokens["attention_mask"], decoder_inputs)  # (3, L, vocab)
+        stepper = CachedBertDecoder(model.seq2seq.decoder)
+        state = stepper.start(encoder_outputs.last_hidden_state, tokens["attention_mask"])
+        for position in range(labels.shape[1]):
+            step = stepper.step(decoder_inputs[:, position:position + 1], position, state)  # (3, 1, vocab)
+            assert torch.allclose(step[:, 0], full[:, position], atol=1e-4)
