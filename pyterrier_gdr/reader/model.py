@@ -198,11 +198,13 @@ class QSTModel(nn.Module):
 
     def describe(self) -> Dict[str, Any]:
         """Return what identifies this model's base and side network, as stored next to saved weights."""
+        head_dtype = self.base.get_output_embeddings().weight.dtype
         return {
             "base": {
                 "name_or_path": base_name(self.base),
                 "fingerprint": base_fingerprint(self.base),
                 "quantized": is_quantized(self.base),
+                "compute_dtype": str(head_dtype).replace("torch.", ""),
             },
             "qst": self.qst_config.to_dict() if self.qst_config is not None else None,
         }

@@ -127,7 +127,9 @@ class QSTReader(pt.Transformer):
                 readers to share one copy of the base.
             tokenizer: the tokenizer of a given ``base``.
             quantize: load the named base in 4 bits; ``None`` repeats what was saved.
-            compute_dtype, device: passed to :func:`load_base`.
+            compute_dtype: dtype of the named base; ``None`` repeats what was saved, so that
+                reloaded answers match the saved reader's.
+            device: passed to :func:`load_base`.
             **settings: reader settings that override the saved ones.
 
         Raises:
@@ -140,6 +142,7 @@ class QSTReader(pt.Transformer):
             if not name:
                 raise ValueError(f"the reader at {path} names no base model; pass base= and tokenizer=")
             quantize = saved["base"]["quantized"] if quantize is None else quantize
+            compute_dtype = compute_dtype or saved["base"].get("compute_dtype")
             base, loaded_tokenizer = load_base(name, quantize=quantize, compute_dtype=compute_dtype, device=device)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif tokenizer is None:

@@ -4,6 +4,7 @@ import gzip
 import json
 
 import pytest
+import torch
 
 from pyterrier_gdr.reader import QSTReader
 from pyterrier_gdr.reader.cli import register
@@ -51,7 +52,8 @@ def test_reader_train_command_saves_reader(inputs, tmp_path, tokenizer):
     assert args.func(args) == 0
     assert (tmp_path / "reader-bm25").is_dir()  # the default PISA index directory
 
-    reader = QSTReader.from_pretrained(output, device="cpu", compute_dtype="float32")
+    reader = QSTReader.from_pretrained(output, device="cpu")
+    assert reader.model.base.lm_head.weight.dtype == torch.float32  # the saved compute dtype
     assert reader.num_passages == 2
     assert reader.max_new_tokens == 4
     assert reader.model.qst_config.r == 4
