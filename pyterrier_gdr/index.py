@@ -14,6 +14,7 @@ so an interrupted build never leaves something that looks like an index.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -236,12 +237,15 @@ class GDRIndex(pta.Artifact):
             encoder = DocumentEncoder(encoder, verbose=verbose)
         tree = tree or ClusterTreeConfig()
         cls._check_target(path, overwrite)
+        docs = iter(docs)
+        first = next(docs, None)
+        if first is None:
+            raise ValueError("cannot build a GDR index from an empty corpus: no documents were given")
+        docs = itertools.chain([first], docs)
         with atomic_directory(path, overwrite=overwrite) as tmp:
             started = time.perf_counter()
             with Lookup.builder(tmp / "docnos.npids") as docnos_builder:
                 doc_count = encoder.encode_to_file(docs, tmp / "vecs.f4", docnos_builder, total=count)
-            if doc_count == 0:
-                raise ValueError("cannot build a GDR index from an empty corpus: no documents were given")
             encode_seconds = time.perf_counter() - started
             cls._write_tree_and_meta(tmp, doc_count, encoder.dim, encoder.model_name, tree, verbose, {"encode_seconds": encode_seconds})
         return cls(path, verbose=verbose)

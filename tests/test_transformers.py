@@ -3,7 +3,7 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 import pytest
-from pyterrier.testing import TransformerTestCase
+import pyterrier.testing as pt_testing
 
 
 def test_generator_returns_cluster_documents(trained_index):
@@ -74,18 +74,20 @@ def test_bm25_then_ranker(trained_index, squad_slice, tmp_path):
     assert set(result["docno"]) <= {d["docno"] for d in docs}
 
 
-@pytest.fixture(scope="module")
-def _index_for_contracts(trained_index):
-    return trained_index
+class _ContractBase(pt_testing.TransformerTestCase):
+    """PyTerrier's transformer contract checks, on the slice index bound by the fixture below."""
 
-
-class _ContractBase(TransformerTestCase):
+    __test__ = False
     index = None
 
     @classmethod
     def setUpClass(cls):
-        if _ContractBase.index is None:
-            pytest.skip("needs the trained_index fixture")
+        # pt.schematic looks up documentation links by downloading PyTerrier's objects.inv;
+        # an empty inventory keeps the check offline (our classes have no PyTerrier docs page).
+        import pyterrier.documentation
+
+        if pyterrier.documentation._cached_objects_inv is None:
+            pyterrier.documentation._cached_objects_inv = {}
         super().setUpClass()
 
 
@@ -96,18 +98,24 @@ def _bind_index(trained_index):
 
 
 class TestGeneratorContract(_ContractBase):
+    __test__ = True
+
     @staticmethod
     def get_transformer():
         return _ContractBase.index.cluster_generator()
 
 
 class TestRouterContract(_ContractBase):
+    __test__ = True
+
     @staticmethod
     def get_transformer():
         return _ContractBase.index.centroid_router()
 
 
 class TestRankerContract(_ContractBase):
+    __test__ = True
+
     @staticmethod
     def get_transformer():
         return _ContractBase.index.intra_cluster_ranker()

@@ -49,8 +49,9 @@ NEEDS_INDEX = {"bm25": "bm25", "dense": "flex", "generator": "gdr", "centroid": 
 
 
 def _suggest(value: str, options) -> str:
-    close = difflib.get_close_matches(value, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    by_lower = {str(option).lower(): option for option in options}
+    close = difflib.get_close_matches(value.lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 @dataclass
@@ -158,6 +159,31 @@ def _question_source(dataset: Mapping[str, Any], key: str, required: bool):
     raise ExperimentError(f"[dataset].{key} = {value!r} is invalid; give an irds: id, a JSONL path, or a table")
 
 
+def _check_sources(corpus: str, splits: Mapping[str, Any]) -> None:
+    """Check that every ir_datasets id is known and every local file exists, before anything runs."""
+    from pyterrier_gdr.datasets import _irds_dataset
+
+    def check(where: str, value: str) -> None:
+        if value.startswith("irds:"):
+            try:
+                _irds_dataset(value)
+            except ValueError as e:
+                raise ExperimentError(f"[dataset].{where}: {e}") from e
+        elif not Path(value).exists():
+            raise ExperimentError(f"[dataset].{where}: file {value!r} not found; give an existing JSONL file or an irds: id")
+
+    check("corpus", corpus)
+    for key, value in splits.items():
+        if isinstance(value, str):
+            check(key, value)
+        elif isinstance(value, Mapping):
+            if "id" in value:
+                check(f"{key}.id", str(value["id"]))
+            for file_key in ("questions", "qrels"):
+                if value.get(file_key):
+                    check(f"{key}.{file_key}", str(value[file_key]))
+
+
 def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = None) -> ExperimentConfig:
     """Validate a parsed TOML document and return its :class:`ExperimentConfig`.
 
@@ -198,6 +224,8 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
         elif isinstance(value, Mapping):
             value = {k: (resolve(v) if k in ("questions", "qrels") else v) for k, v in value.items()}
         splits[key] = value
+
+    _check_sources(resolve(str(dataset["corpus"])), splits)
 
     # Models.
     encoder = dict(document.get("encoder", {}))
