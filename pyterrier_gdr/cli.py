@@ -49,6 +49,24 @@ def _tree_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_documents(args: argparse.Namespace) -> int:
+    from pyterrier_gdr.datasets import load_corpus
+    from pyterrier_gdr.index import GDRIndex
+
+    index = GDRIndex(args.index, verbose=not args.quiet)
+    corpus = load_corpus(args.documents)
+    docs = corpus
+    if args.title_in_text:
+        docs = ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus)
+    result = index.add_documents(docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized, count=corpus.count)
+    print(f"added {result.added:,} documents in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
+    if result.oversized_leaves:
+        largest = max(result.oversized_leaves.values())
+        action = "split them; retrain the generator before using it" if result.split else "rerun with --split-oversized to split them (then retrain)"
+        print(f"{len(result.oversized_leaves)} leaves exceed the size limit (largest: {largest}); {action}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyterrier-gdr", description="Generative Dense Retrieval for PyTerrier")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--cache", help="index and model cache folder (overrides the file's 'cache')")
     experiment.add_argument("--quiet", action="store_true", help="hide progress bars")
     experiment.set_defaults(handler=_experiment)
+
+    add = commands.add_parser("add-documents", help="add documents to a GDR index without retraining")
+    add.add_argument("index", help="the GDR index directory")
+    add.add_argument("documents", help="the new documents: a JSONL file (docno, text, optional title) or an irds: id")
+    add.add_argument("--title-in-text", action="store_true", help="prefix each text with its title, as the experiment does with title_in_text")
+    add.add_argument("--max-leaf-size", type=int, help="report leaves larger than this (default: twice the tree's leaf size)")
+    add.add_argument("--split-oversized", action="store_true", help="re-cluster oversized leaves (changes CIDs: retrain the generator)")
+    add.add_argument("--quiet", action="store_true", help="hide progress bars")
+    add.set_defaults(handler=_add_documents)
 
     tree = commands.add_parser("tree-stats", help="print the leaf-size distribution of a GDR index")
     tree.add_argument("index", help="the GDR index directory")

@@ -141,6 +141,11 @@ class ClusterGenerator(pt.Transformer):
 
         if not queries:
             return {}
+        if self.index.meta.get("model_stale"):
+            raise ValueError(
+                f"the generator of {self.index.path} was trained before leaves were split, so it does not know the new "
+                "CIDs; retrain it with index.train(..., overwrite=True), or route with index.centroid_router()"
+            )
         model = self.index.model
         trie = self.index.torch_trie()
         decoded = {}

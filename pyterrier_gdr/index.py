@@ -30,6 +30,7 @@ import pyterrier_alpha as pta
 
 from pyterrier_gdr._util import atomic_directory, atomic_write_json, resolve_device
 from pyterrier_gdr.clusters import ClusterTree, ClusterTreeConfig, build_cluster_tree
+from pyterrier_gdr.docnos import SegmentedDocnos, segment_name
 
 __all__ = ["GDRIndex", "IndexFormatError"]
 
@@ -121,9 +122,13 @@ class GDRIndex(pta.Artifact):
                 f"{vecs} holds {size} bytes, expected at least {expected} for {meta['doc_count']} vectors of "
                 f"dimension {meta['vec_size']}; the index is damaged, rebuild it"
             )
-        for required in ("docnos.npids", "tree/tree.json", "config.json"):
-            if not (self.path / required).exists():
-                raise IndexFormatError(f"{self.path / required} is missing; the index is damaged, rebuild it")
+        segments = meta.get("docno_segments")
+        if not isinstance(segments, list) or sum(segments) != meta["doc_count"]:
+            raise IndexFormatError(f"{meta_path} lists docno segments {segments!r} that do not add up to doc_count={meta['doc_count']}; the index is damaged, rebuild it")
+        required = [segment_name(i) for i in range(len(segments))] + ["tree/tree.json", "tree/doc_leaf.i4", "config.json"]
+        for name in required:
+            if not (self.path / name).exists():
+                raise IndexFormatError(f"{self.path / name} is missing; the index is damaged, rebuild it")
         return meta
 
     def built(self) -> bool:
@@ -154,25 +159,23 @@ class GDRIndex(pta.Artifact):
         return self._vectors
 
     @property
-    def docnos(self):
-        """The ``npids.Lookup`` of docnos: ``docnos.fwd[ids]`` gives docnos, ``docnos.inv[docnos]`` ids."""
+    def docnos(self) -> SegmentedDocnos:
+        """The docnos in row order (``fwd``: ids to docnos, ``inv``: docnos to ids)."""
         if self._docnos is None:
-            from npids import Lookup
-
-            self._docnos = Lookup(self.path / "docnos.npids")
+            self._docnos = SegmentedDocnos(self.path, self.meta["docno_segments"])
         return self._docnos
 
     def doc_ids(self, docnos: Sequence[str]) -> np.ndarray:
         """Return the row ids of ``docnos`` (-1 for a docno not in the index)."""
         if len(docnos) == 0:
             return np.empty(0, dtype=np.int64)
-        return np.asarray(self.docnos.inv[np.asarray(docnos, dtype=str)], dtype=np.int64)
+        return self.docnos.inv(docnos)
 
     def docnos_of(self, doc_ids: np.ndarray) -> np.ndarray:
         """Return the docnos of row ids ``doc_ids``."""
         if len(doc_ids) == 0:
             return np.empty(0, dtype=object)
-        return np.asarray(self.docnos.fwd[np.asarray(doc_ids, dtype=np.int64)], dtype=object)
+        return np.asarray(self.docnos.fwd(doc_ids), dtype=object)
 
     @property
     def tree(self) -> ClusterTree:
@@ -188,6 +191,7 @@ class GDRIndex(pta.Artifact):
 
             if not self.has_model:
                 raise ValueError(f"{self.path} has no trained GDR model; call index.train(...) (or `pyterrier-gdr experiment`) first")
+
             self._model = GDRModel.load(self.path / "model", device=self.device)
         return self._model
 
@@ -309,6 +313,7 @@ class GDRIndex(pta.Artifact):
     @classmethod
     def _meta_dict(cls, doc_count: int, dim: int, num_leaves: int, *, has_model: bool) -> Dict[str, Any]:
         return {
+            "docno_segments": [int(doc_count)],
             "type": cls.ARTIFACT_TYPE,
             "format": cls.ARTIFACT_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -356,9 +361,39 @@ class GDRIndex(pta.Artifact):
         with atomic_directory(self.path / "model", overwrite=True) as tmp:
             model.save(tmp)
         self._update_config(training=training_record)
-        self._update_meta(has_model=True)
+        self._update_meta(has_model=True, model_stale=False)
+        self._reset_payload()
+
+    def _reset_payload(self) -> None:
+        """Forget everything read from disk, after the index changed."""
+        self._meta = None
+        self._vectors = None
+        self._docnos = None
+        self._tree = None
         self._model = None
         self._torch_trie = None
+
+    # --- adding documents ---------------------------------------------------------------
+
+    def add_documents(self, docs: Iterable[dict], *, encoder=None, max_leaf_size: Optional[int] = None, split_oversized: bool = False, count: Optional[int] = None):
+        """Add documents without retraining: encode them and attach each to its nearest leaf.
+
+        The existing vectors and docnos are not rewritten, the generator is untouched, and an
+        interrupted addition leaves the index as it was. Leaves that grow past
+        ``max_leaf_size`` (twice the tree's leaf size by default) are reported; with
+        ``split_oversized`` they are re-clustered, which changes CIDs and so requires
+        retraining the generator.
+
+        Example::
+
+            index.add_documents([{"docno": "new-1", "text": "..."}])
+
+        Returns:
+            An :class:`~pyterrier_gdr.updates.AddResult`.
+        """
+        from pyterrier_gdr.updates import add_documents
+
+        return add_documents(self, docs, encoder=encoder, max_leaf_size=max_leaf_size, split_oversized=split_oversized, count=count)
 
     # --- transformers -------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """``CentroidRouter``: memory-free cluster selection, the baseline GDR's generator competes with.
 
-Clusters are ranked by the inner product of the query vector with each leaf's centroid,
-with no generative model and nothing memorised. At the same number of clusters, comparing
+Clusters are ranked by how near the query vector lies to each leaf's centroid, with no
+generative model and nothing memorised. "Near" follows the tree's ``assign_metric``: for
+``"l2"`` (the default, the rule by which k-means formed the leaves) the score is
+``q . c - |c|^2 / 2``, which orders centroids as Euclidean distance does, so a query equal
+to a document's vector routes to that document's leaf; for ``"ip"`` it is ``q . c``. At the same number of clusters, comparing
 ``router >> ranker`` with ``generator >> ranker`` isolates what the generator's memory adds.
 """
 from __future__ import annotations
@@ -23,8 +26,9 @@ class CentroidRouter(pt.Transformer):
     """Queries -> candidate documents of the clusters whose centroids best match the query.
 
     Output columns are those of :class:`~pyterrier_gdr.generator.ClusterGenerator`;
-    ``cluster_score`` is ``q . centroid / temperature``, a logit on the scale of the
-    contrastive training, so the ranker's fusion treats it like a generator's log-probability.
+    ``cluster_score`` is the centroid score divided by ``temperature``, a logit on the scale
+    of the contrastive training, so the ranker's fusion treats it like a generator's
+    log-probability.
 
     Args:
         index: the :class:`~pyterrier_gdr.index.GDRIndex` (its trained model encodes queries;
@@ -61,9 +65,9 @@ class CentroidRouter(pt.Transformer):
         for start in pt.tqdm(batches, desc="CentroidRouter", unit="batch", disable=not self.verbose):
             batch = topics.iloc[start:start + self.batch_size].reset_index(drop=True)
             query_vectors = self.index.encode_queries(batch["query"].tolist())  # (B, dim) tensor
-            centroids = self._centroid_tensor(query_vectors.device)
+            centroids, offsets = self._centroid_tensors(query_vectors.device)
             with torch.no_grad():
-                scores, leaves = (query_vectors @ centroids.T).topk(k, dim=1)  # (B, k)
+                scores, leaves = (query_vectors @ centroids.T - offsets).topk(k, dim=1)  # (B, k)
             frames.append(
                 expand_clusters(
                     self.index, batch, leaves.cpu().numpy(), (scores / self.temperature).double().cpu().numpy(),
@@ -73,7 +77,13 @@ class CentroidRouter(pt.Transformer):
         self.work.queries += len(topics)
         return pd.concat(frames, ignore_index=True)
 
-    def _centroid_tensor(self, device) -> torch.Tensor:
-        if self._centroids is None or self._centroids.device != device:
-            self._centroids = torch.as_tensor(np.asarray(self.index.tree.leaf_centroids), device=device)
+    def _centroid_tensors(self, device) -> tuple:
+        """Return ``(centroids (L, dim), offsets (L,))`` with score = q . c - offset."""
+        if self._centroids is None or self._centroids[0].device != device:
+            centroids = torch.as_tensor(np.asarray(self.index.tree.leaf_centroids), device=device)
+            if self.index.tree.config.assign_metric == "l2":
+                offsets = (centroids * centroids).sum(dim=1) / 2
+            else:
+                offsets = torch.zeros(len(centroids), device=device)
+            self._centroids = (centroids, offsets)
         return self._centroids

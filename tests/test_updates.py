@@ -1,0 +1,148 @@
+"""Adding documents to a trained index: no retraining, nearest leaves, crash safety."""
+import hashlib
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyterrier_gdr.cli import main
+from pyterrier_gdr.datasets import load_corpus
+from pyterrier_gdr.index import GDRIndex
+
+
+@pytest.fixture(scope="module")
+def new_docs(squad_slice):
+    known = {d["docno"] for d in squad_slice[0]}
+    docs = []
+    for doc in load_corpus("irds:pyterrier-gdr/squad-dev"):
+        if doc["docno"] not in known:
+            docs.append({"docno": doc["docno"], "title": doc["title"], "text": f"{doc['title']}. {doc['text']}"})
+        if len(docs) == 24:
+            break
+    return docs
+
+
+@pytest.fixture()
+def index_copy(tmp_path, trained_index):
+    path = tmp_path / "copy.gdr"
+    shutil.copytree(trained_index.path, path)
+    return GDRIndex(path, verbose=False)
+
+
+def digest(path, limit=None):
+    with open(path, "rb") as fin:
+        return hashlib.sha1(fin.read(limit) if limit else fin.read()).hexdigest()
+
+
+def test_add_keeps_existing_files(index_copy, new_docs):
+    old_count, dim = len(index_copy), index_copy.meta["vec_size"]
+    vectors_before = digest(index_copy.path / "vecs.f4")
+    docnos_before = digest(index_copy.path / "docnos.npids")
+    model_before = digest(index_copy.path / "model" / "query_head.safetensors")
+    result = index_copy.add_documents(new_docs)
+    assert result.added == len(new_docs)
+    assert len(index_copy) == old_count + len(new_docs)
+    assert digest(index_copy.path / "vecs.f4", old_count * dim * 4) == vectors_before
+    assert digest(index_copy.path / "docnos.npids") == docnos_before
+    assert digest(index_copy.path / "model" / "query_head.safetensors") == model_before
+
+
+def test_added_documents_join_nearest_leaf(index_copy, new_docs):
+    old_count = len(index_copy)
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    new_vectors = np.asarray(reopened.vectors[old_count:])
+    distances = ((new_vectors[:, None, :] - reopened.tree.leaf_centroids[None, :, :]) ** 2).sum(-1)
+    assert (reopened.tree.doc_leaf[old_count:] == distances.argmin(1)).all()
+    assert list(reopened.docnos_of(np.arange(old_count, len(reopened)))) == [d["docno"] for d in new_docs]
+
+
+def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
+    # An untrained index encodes queries with the document encoder, so a document's own text scores 1.0 against it.
+    index = GDRIndex.from_vectors(
+        tmp_path / "untrained.gdr", trained_index.vectors, trained_index.path / "docnos.npids",
+        encoder=trained_index.config["encoder"], tree=trained_index.tree.config, verbose=False,
+    )
+    index.add_documents(new_docs)
+    target = new_docs[3]
+    query = pd.DataFrame({"qid": ["1"], "query": [target["text"]]})
+    ranked = (index.centroid_router(num_clusters=3) >> index.intra_cluster_ranker(alpha=0.0, num_results=3))(query)
+    assert ranked["docno"].iloc[0] == target["docno"]
+
+
+def test_interrupted_addition_leaves_index_unchanged(index_copy, new_docs):
+    before = (len(index_copy), (index_copy.path / "pt_meta.json").read_text())
+
+    def interrupted():
+        yield from new_docs[:5]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index_copy.add_documents(interrupted())
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert (len(reopened), (reopened.path / "pt_meta.json").read_text()) == before
+    assert (reopened.path / "vecs.f4").stat().st_size == before[0] * reopened.meta["vec_size"] * 4
+    assert reopened.add_documents(new_docs).added == len(new_docs)
+
+
+def test_crash_before_commit_is_ignored_then_truncated(index_copy, new_docs, monkeypatch):
+    import pyterrier_gdr.updates as updates
+
+    count = len(index_copy)
+
+    def crash(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(updates, "atomic_write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        index_copy.add_documents(new_docs)
+    monkeypatch.undo()
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert len(reopened) == count
+    assert len(reopened.tree.doc_leaf) == count
+    assert reopened.add_documents(new_docs[:4]).doc_count == count + 4
+    assert (reopened.path / "vecs.f4").stat().st_size == (count + 4) * reopened.meta["vec_size"] * 4
+
+
+def test_existing_docno_rejected(index_copy, squad_slice):
+    with pytest.raises(ValueError, match="already in"):
+        index_copy.add_documents([squad_slice[0][0]])
+    assert len(GDRIndex(index_copy.path)) == len(squad_slice[0])
+
+
+def test_repeated_docno_rejected(index_copy, new_docs):
+    with pytest.raises(ValueError, match="appears twice"):
+        index_copy.add_documents([new_docs[0], new_docs[0]])
+
+
+def test_empty_addition_rejected(index_copy):
+    with pytest.raises(ValueError, match="no documents"):
+        index_copy.add_documents([])
+
+
+def test_oversized_leaves_reported(index_copy, new_docs):
+    with pytest.warns(UserWarning, match="split_oversized=True"):
+        result = index_copy.add_documents(new_docs, max_leaf_size=2)
+    assert result.oversized_leaves
+    assert all(size > 2 for size in result.oversized_leaves.values())
+
+
+def test_split_oversized_marks_model_stale(index_copy, new_docs):
+    with pytest.warns(UserWarning, match="retrain the generator"):
+        result = index_copy.add_documents(new_docs, max_leaf_size=3, split_oversized=True)
+    assert result.split
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert reopened.tree.leaf_sizes().max() <= max(3, reopened.tree.config.leaf_size)
+    assert reopened.tree.leaf_sizes().sum() == len(reopened)
+    topics = pd.DataFrame({"qid": ["1"], "query": ["Super Bowl"]})
+    with pytest.raises(ValueError, match="retrain it"):
+        reopened.cluster_generator()(topics)
+    assert len(reopened.centroid_router()(topics)) > 0
+
+
+def test_cli_add_documents(index_copy, new_docs, squad_slice, tmp_path, write_jsonl, capsys):
+    path = write_jsonl(tmp_path / "new.jsonl", new_docs[:6])
+    assert main(["add-documents", str(index_copy.path), str(path), "--quiet"]) == 0
+    assert "added 6 documents" in capsys.readouterr().out
+    assert len(GDRIndex(index_copy.path)) == len(squad_slice[0]) + 6
