@@ -67,6 +67,72 @@ def _add_documents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_settings(pairs: List[str], where: str) -> dict:
+    """Parse ``key=value`` pairs; values are read as TOML (numbers, booleans, quoted strings), else as text."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    settings = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"{where} setting {pair!r} is not key=value")
+        key, value = pair.split("=", 1)
+        try:
+            settings[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[key.strip()] = value
+    return settings
+
+
+def _documents(source: str, title_in_text: bool):
+    from pyterrier_gdr.datasets import load_corpus
+
+    corpus = load_corpus(source)
+    if not title_in_text:
+        return corpus, corpus.count
+    return ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus), corpus.count
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pyterrier_gdr._util import resolve_encoder
+    from pyterrier_gdr.clusters import ClusterTreeConfig
+    from pyterrier_gdr.encoding import DocumentEncoder
+    from pyterrier_gdr.index import GDRIndex
+
+    tree = ClusterTreeConfig.from_dict(_parse_settings(args.tree, "--tree"))
+    docs, count = _documents(args.corpus, args.title_in_text)
+    encoder = DocumentEncoder(resolve_encoder(args.encoder), batch_size=args.batch_size, verbose=not args.quiet)
+    index = GDRIndex.build(args.index, docs, encoder=encoder, tree=tree, count=count, overwrite=args.overwrite, verbose=not args.quiet)
+    if index.built():
+        stats = index.tree.stats()
+        print(f"built {args.index}: {stats['documents']:,} documents in {stats['leaves']:,} leaves (median size {stats['leaf_size_median']:.0f})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pyterrier_gdr.datasets import load_questions
+    from pyterrier_gdr.index import GDRIndex
+    from pyterrier_gdr.training import TrainingConfig
+
+    import pandas as pd
+
+    config = TrainingConfig.from_dict(_parse_settings(args.setting, "--setting"))
+    index = GDRIndex(args.index, verbose=not args.quiet)
+    if args.train:
+        questions = load_questions(args.train)
+        topics, qrels = questions.topics, questions.qrels
+    else:
+        topics, qrels = pd.DataFrame(columns=["qid", "query"]), pd.DataFrame(columns=["qid", "docno", "label"])
+    corpus = _documents(args.corpus, args.title_in_text)[0] if args.corpus else None
+    index.train(topics, qrels, corpus=corpus, config=config, overwrite=args.overwrite)
+    record = index.config.get("training", {})
+    if record:
+        print(f"trained {args.index}: {record['steps']} steps on {record['processes']} process(es) in {record['seconds']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyterrier-gdr", description="Generative Dense Retrieval for PyTerrier")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--cache", help="index and model cache folder (overrides the file's 'cache')")
     experiment.add_argument("--quiet", action="store_true", help="hide progress bars")
     experiment.set_defaults(handler=_experiment)
+
+    build = commands.add_parser("build", help="encode a corpus and cluster it into a new GDR index (runs under accelerate launch too)")
+    build.add_argument("index", help="the index directory to create")
+    build.add_argument("corpus", help="a JSONL file (docno, text, optional title) or an irds: id")
+    build.add_argument("--encoder", default="all-MiniLM-L6-v2", help="sentence-transformers model path or name (default: the offline all-MiniLM-L6-v2)")
+    build.add_argument("--batch-size", type=int, default=32, help="texts per encoder forward pass")
+    build.add_argument("--tree", nargs="*", metavar="KEY=VALUE", help="cluster tree settings, e.g. leaf_size=30 adaptive=true")
+    build.add_argument("--title-in-text", action="store_true", help="encode 'title. text' instead of the text alone")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    build.add_argument("--quiet", action="store_true", help="hide progress bars")
+    build.set_defaults(handler=_build)
+
+    train = commands.add_parser("train", help="train the GDR model of an index (runs under accelerate launch too)")
+    train.add_argument("index", help="the GDR index directory")
+    train.add_argument("--train", help="training questions: an irds: id or a questions JSONL file (qid, question, relevant)")
+    train.add_argument("--corpus", help="the corpus, for pseudo-queries: a JSONL file or an irds: id")
+    train.add_argument("--setting", nargs="*", metavar="KEY=VALUE", help="training settings, e.g. epochs=2 batch_size=64")
+    train.add_argument("--title-in-text", action="store_true", help="prefix corpus texts with titles, as the index was built")
+    train.add_argument("--overwrite", action="store_true", help="replace a trained model")
+    train.add_argument("--quiet", action="store_true", help="hide progress bars")
+    train.set_defaults(handler=_train)
 
     add = commands.add_parser("add-documents", help="add documents to a GDR index without retraining")
     add.add_argument("index", help="the GDR index directory")
@@ -108,6 +195,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.handler(args)
     except (ExperimentError, IndexFormatError, FileNotFoundError, FileExistsError) as e:
+        print(f"pyterrier-gdr: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        # Invalid settings and inputs raise ValueError with a message naming the value and the fix.
+        logger.debug("failed", exc_info=True)
         print(f"pyterrier-gdr: error: {e}", file=sys.stderr)
         return 2
 

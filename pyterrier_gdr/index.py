@@ -30,6 +30,7 @@ import pyterrier_alpha as pta
 
 from pyterrier_gdr._util import atomic_directory, atomic_write_json, resolve_device
 from pyterrier_gdr.clusters import ClusterTree, ClusterTreeConfig, build_cluster_tree
+from pyterrier_gdr.distributed import process_state
 from pyterrier_gdr.docnos import SegmentedDocnos, segment_name
 
 __all__ = ["GDRIndex", "IndexFormatError"]
@@ -246,12 +247,39 @@ class GDRIndex(pta.Artifact):
         if first is None:
             raise ValueError("cannot build a GDR index from an empty corpus: no documents were given")
         docs = itertools.chain([first], docs)
+        state = process_state()
+        if state.num_processes > 1:
+            return cls._build_sharded(path, docs, encoder, tree, count, overwrite, verbose, state)
         with atomic_directory(path, overwrite=overwrite) as tmp:
             started = time.perf_counter()
             with Lookup.builder(tmp / "docnos.npids") as docnos_builder:
                 doc_count = encoder.encode_to_file(docs, tmp / "vecs.f4", docnos_builder, total=count)
             encode_seconds = time.perf_counter() - started
             cls._write_tree_and_meta(tmp, doc_count, encoder.dim, encoder.model_name, tree, verbose, {"encode_seconds": encode_seconds})
+        return cls(path, verbose=verbose)
+
+    @classmethod
+    def _build_sharded(cls, path, docs, encoder, tree, count, overwrite, verbose, state) -> "GDRIndex":
+        """Build under ``accelerate launch``: each process encodes a shard, the main process merges and clusters."""
+        from npids import Lookup
+
+        from pyterrier_gdr.distributed import encode_sharded, read_docnos
+
+        if count is None:
+            raise ValueError("building with several processes needs count= (the number of documents), so each process can find its shard")
+        path = Path(path)
+        shards = path.parent / f".{path.name}.shards"
+        started = time.perf_counter()
+        merged = encode_sharded(encoder, docs, count, shards, state)
+        if state.is_main_process:
+            encode_seconds = time.perf_counter() - started
+            with atomic_directory(path, overwrite=overwrite) as tmp:
+                os.replace(merged[0], tmp / "vecs.f4")
+                Lookup.build(read_docnos(merged[1]), tmp / "docnos.npids", return_self=False)
+                timings = {"encode_seconds": encode_seconds, "encode_processes": state.num_processes}
+                cls._write_tree_and_meta(tmp, count, encoder.dim, encoder.model_name, tree, verbose, timings)
+            shutil.rmtree(shards, ignore_errors=True)
+        state.wait_for_everyone()
         return cls(path, verbose=verbose)
 
     @classmethod

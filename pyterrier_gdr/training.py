@@ -240,7 +240,8 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     last_loss = {}
     while counter.step < total_steps:
         epoch = counter.step // steps_per_epoch
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)  # a new shuffle per epoch, identical on every process
         skip = counter.step - epoch * steps_per_epoch
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch_rows in epoch_loader:
@@ -291,6 +292,10 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
 
+    # Every process should end with the same weights (data parallelism averages gradients); record each one's digest.
+    digest = _weights_digest(accelerator.unwrap_model(model))
+    digests = accelerator.gather(torch.tensor([digest], dtype=torch.int64, device=accelerator.device)).cpu().tolist()
+
     if accelerator.is_main_process:
         record = {
             "config": asdict(config),
@@ -298,6 +303,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
             "question_examples": int(sum(len(v) for v in relevant.values())),
             "steps": total_steps,
             "processes": accelerator.num_processes,
+            "process_weight_digests": [f"{d & (2**63 - 1):016x}" for d in digests],
             "seconds": seconds,
             "final_loss": last_loss,
         }
@@ -307,6 +313,15 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
         shutil.rmtree(checkpoint.parent, ignore_errors=True)
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model)
+
+
+def _weights_digest(model) -> int:
+    """Return a 63-bit digest of all parameters' bytes (equal only for identical weights)."""
+    hasher = hashlib.sha1()
+    for name, parameter in sorted(model.state_dict().items()):
+        hasher.update(name.encode())
+        hasher.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(hasher.digest()[:8], "little") & (2**63 - 1)
 
 
 class _StepCounter:
