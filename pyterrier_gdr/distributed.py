@@ -1,4 +1,4 @@
-"""Corpus encoding split across the processes of ``accelerate launch``, merged by the main process.
+"""Corpus encoding split across the processes of ``accelerate launch`` (or ``torchrun``), merged by the main process.
 
 Each process encodes one contiguous shard of the corpus into its own files; the main
 process then concatenates the shards in order, so the result is the single-process
@@ -20,10 +20,14 @@ logger = logging.getLogger(__name__)
 
 
 def process_state():
-    """Return Accelerate's ``PartialState`` (one process unless started by ``accelerate launch``)."""
+    """Return Accelerate's ``PartialState``: one process, unless started by ``accelerate launch`` or ``torchrun``.
+
+    Without CUDA the processes use the CPU and the gloo backend.
+    """
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def encode_sharded(encoder, docs: Iterable[dict], count: int, work_dir: Path, state) -> Optional[Tuple[Path, Path]]:

@@ -6,7 +6,7 @@ In-batch documents (mostly from other clusters) serve as the inter-cluster negat
 """
 from __future__ import annotations
 
-from typing import Collection, Optional, Sequence
+from typing import Collection, Optional, Sequence, Union
 
 import numpy as np
 
@@ -21,10 +21,10 @@ class ClusterNegativeSampler:
     Args:
         tree: the cluster tree (document ids are row numbers of the index).
         num_negatives: negatives per positive (10 in the GDR paper).
-        seed: random seed.
+        seed: random seed (an int, or a sequence of ints such as (seed, step, rank)).
     """
 
-    def __init__(self, tree: ClusterTree, *, num_negatives: int = 10, seed: int = 0):
+    def __init__(self, tree: ClusterTree, *, num_negatives: int = 10, seed: Union[int, Sequence[int]] = 0):
         if num_negatives < 0:
             raise ValueError(f"num_negatives={num_negatives} is invalid; it must be non-negative")
         self.tree = tree

@@ -169,6 +169,17 @@ def _contrastive_loss(query_vectors: torch.Tensor, positives: torch.Tensor, nega
     return F.cross_entropy(logits, target)
 
 
+def _batch_rows(num_examples: int, step: int, steps_per_epoch: int, config: TrainingConfig, rank: int, world: int) -> np.ndarray:
+    """Return this process's example rows for ``step``: its share of the step's global batch in the epoch's permutation."""
+    epoch, position = divmod(step, steps_per_epoch)
+    permutation = np.random.default_rng([config.seed, epoch]).permutation(num_examples)
+    global_batch = permutation[position * config.batch_size * world:(position + 1) * config.batch_size * world]
+    rows = global_batch[rank * config.batch_size:(rank + 1) * config.batch_size]
+    if len(rows) == 0:  # the epoch's last global batch may not reach every process
+        rows = permutation[:config.batch_size]
+    return rows
+
+
 def _checkpoint_dir(index, config: TrainingConfig) -> Path:
     return index.path / "training" / f"checkpoint-{config.fingerprint()}"
 
@@ -177,7 +188,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     """Train a GDR model for ``index`` and install it as ``index/model`` (see :meth:`GDRIndex.train`)."""
     import pyterrier as pt
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     from pyterrier_gdr.model import GDRModel
@@ -185,7 +196,12 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     config = config or TrainingConfig()
     tree = index.tree
     codec = tree.codec()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() or index.device == "cpu", mixed_precision=config.mixed_precision)
+    # Some encoder parameters (e.g. BERT's pooler) take no part in the loss; DDP must be told to expect that.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() or index.device == "cpu",
+        mixed_precision=config.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     set_seed(config.seed)
 
     # Examples and the frozen document vectors they are scored against.
@@ -217,10 +233,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
         total_steps = min(total_steps, config.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
-    loader = torch.utils.data.DataLoader(
-        np.arange(len(queries)), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(config.seed)
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(_StepCounter())
     counter = accelerator._custom_objects[-1]
 
@@ -230,8 +243,6 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
         accelerator.load_state(str(checkpoint / "state"))
         logger.info("resumed training from %s at step %d", checkpoint, counter.step)
 
-    sampler = ClusterNegativeSampler(tree, num_negatives=config.cluster_negatives, seed=config.seed + 1000 * accelerator.process_index + counter.step)
-    rng = random.Random(config.seed + counter.step)
     vectors = index.vectors
     unwrapped = accelerator.unwrap_model(model)
     model.train()
@@ -239,55 +250,31 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     progress = pt.tqdm(total=total_steps, initial=counter.step, desc="training GDR", unit="step", disable=not (verbose and accelerator.is_main_process))
     last_loss = {}
     while counter.step < total_steps:
-        epoch = counter.step // steps_per_epoch
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)  # a new shuffle per epoch, identical on every process
-        skip = counter.step - epoch * steps_per_epoch
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch_rows in epoch_loader:
-            rows = batch_rows.cpu().numpy()
-            batch_queries = [_corrupt(queries[i], config.query_word_dropout, rng) for i in rows]
-            tokens = unwrapped.tokenize(batch_queries)
-            batch_labels = torch.as_tensor(labels[rows], device=accelerator.device)
-            positive_ids = positives[rows]
-            with accelerator.autocast():
-                logits, query_vectors = model(tokens["input_ids"], tokens["attention_mask"], batch_labels)
-                cid_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch_labels.reshape(-1), ignore_index=0)
-                loss = config.cid_weight * cid_loss
-                parts = {"cid": cid_loss.item()}
-                if config.contrastive_weight > 0:
-                    exclude = [relevant.get(queries[i], ()) for i in rows]
-                    negative_ids = sampler.sample(positive_ids, exclude)  # (B, n), -1 where missing
-                    negative_mask = torch.as_tensor(negative_ids >= 0, device=accelerator.device)
-                    negative_vectors = torch.as_tensor(np.asarray(vectors[np.where(negative_ids >= 0, negative_ids, 0).reshape(-1)]).reshape(*negative_ids.shape, -1), device=accelerator.device)
-                    positive_vectors = torch.as_tensor(np.asarray(vectors[positive_ids]), device=accelerator.device)
-                    contrastive = _contrastive_loss(
-                        query_vectors.float(), positive_vectors, negative_vectors, negative_mask,
-                        config.in_batch_negatives, config.temperature, torch.as_tensor(positive_ids, device=accelerator.device),
-                    )
-                    loss = loss + config.contrastive_weight * contrastive
-                    parts["nce"] = contrastive.item()
-                if config.rdrop_weight > 0:
-                    second_logits, _ = model(tokens["input_ids"], tokens["attention_mask"], batch_labels)
-                    mask = (batch_labels != 0).float()
-                    p, q = F.log_softmax(logits.float(), -1), F.log_softmax(second_logits.float(), -1)
-                    kl = 0.5 * ((p.exp() * (p - q)).sum(-1) + (q.exp() * (q - p)).sum(-1))
-                    rdrop = (kl * mask).sum() / mask.sum()
-                    loss = loss + config.rdrop_weight * rdrop
-                    parts["rdrop"] = rdrop.item()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            counter.step += 1
-            last_loss = parts
-            progress.update(1)
-            progress.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-            if config.checkpoint_every and counter.step % config.checkpoint_every == 0 and counter.step < total_steps:
-                _save_checkpoint(accelerator, checkpoint)
-            if counter.step >= total_steps:
-                break
+        # The examples of a step depend on the seed, the epoch and the step alone, so a resumed
+        # run sees exactly the batches, negatives and corruptions of an uninterrupted one.
+        rows = _batch_rows(len(queries), counter.step, steps_per_epoch, config, accelerator.process_index, accelerator.num_processes)
+        step_seed = [config.seed, counter.step, accelerator.process_index]
+        sampler = ClusterNegativeSampler(tree, num_negatives=config.cluster_negatives, seed=step_seed)
+        rng = random.Random("-".join(map(str, step_seed)))
+        batch_queries = [_corrupt(queries[i], config.query_word_dropout, rng) for i in rows]
+        tokens = unwrapped.tokenize(batch_queries)
+        batch_labels = torch.as_tensor(labels[rows], device=accelerator.device)
+        positive_ids = positives[rows]
+        with accelerator.autocast():
+            exclude = [relevant.get(queries[i], ()) for i in rows]
+            negative_ids = sampler.sample(positive_ids, exclude) if config.contrastive_weight > 0 else None  # (B, n), -1 where missing
+            loss, parts = _batch_loss(model, tokens, batch_labels, positive_ids, negative_ids, vectors, config, accelerator.device)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        counter.step += 1
+        last_loss = parts
+        progress.update(1)
+        progress.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+        if config.checkpoint_every and counter.step % config.checkpoint_every == 0 and counter.step < total_steps:
+            _save_checkpoint(accelerator, checkpoint)
     progress.close()
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
@@ -322,6 +309,38 @@ def _weights_digest(model) -> int:
         hasher.update(name.encode())
         hasher.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return int.from_bytes(hasher.digest()[:8], "little") & (2**63 - 1)
+
+
+def _batch_loss(model, tokens, labels: torch.Tensor, positive_ids: np.ndarray, negative_ids: Optional[np.ndarray], vectors, config: TrainingConfig, device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Return the loss of one batch (see the module docstring) and its parts, for the progress bar."""
+    logits, query_vectors = model(tokens["input_ids"], tokens["attention_mask"], labels)  # (B, L, vocab), (B, d)
+    cid_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=0)
+    loss = config.cid_weight * cid_loss
+    parts = {"cid": cid_loss.item()}
+    if negative_ids is not None:
+        present = negative_ids >= 0
+        negative_vectors = np.asarray(vectors[np.where(present, negative_ids, 0).reshape(-1)]).reshape(*negative_ids.shape, -1)  # (B, n, d)
+        contrastive = _contrastive_loss(
+            query_vectors.float(),
+            torch.as_tensor(np.asarray(vectors[positive_ids]), device=device),
+            torch.as_tensor(negative_vectors, device=device),
+            torch.as_tensor(present, device=device),
+            config.in_batch_negatives,
+            config.temperature,
+            torch.as_tensor(positive_ids, device=device),
+        )
+        loss = loss + config.contrastive_weight * contrastive
+        parts["nce"] = contrastive.item()
+    if config.rdrop_weight > 0:
+        # R-Drop: a second pass with other dropout masks; penalise the divergence of the two CID distributions.
+        second_logits, _ = model(tokens["input_ids"], tokens["attention_mask"], labels)
+        mask = (labels != 0).float()
+        p, q = F.log_softmax(logits.float(), -1), F.log_softmax(second_logits.float(), -1)
+        kl = 0.5 * ((p.exp() * (p - q)).sum(-1) + (q.exp() * (q - p)).sum(-1))
+        rdrop = (kl * mask).sum() / mask.sum()
+        loss = loss + config.rdrop_weight * rdrop
+        parts["rdrop"] = rdrop.item()
+    return loss, parts
 
 
 class _StepCounter:

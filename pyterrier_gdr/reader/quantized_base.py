@@ -226,6 +226,10 @@ def load_base(
     Raises:
         FileNotFoundError: if ``name_or_path`` is a path that does not exist.
         OSError: if ``name_or_path`` is neither a local model nor a loadable hub name.
+
+    Example::
+
+        base, tokenizer = load_base("gemma3-270m")  # offline, about a minute on 2 CPU cores
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

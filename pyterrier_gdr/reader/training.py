@@ -221,6 +221,13 @@ def train_reader(
         ValueError: if the reader has no side network, or the inputs lack columns or answers, or the
             checkpoint in ``output_dir`` came from other settings.
         FileExistsError: if ``output_dir`` already contains a trained reader and ``overwrite`` is false.
+
+    Example::
+
+        reader = QSTReader.from_base("gemma3-270m", qst=QSTConfig())
+        retriever = bm25 >> pt.text.get_text(dataset, "text")
+        train_reader(reader, questions=train_questions, retriever=retriever, output_dir="runs/qst",
+                     config=TrainingConfig(max_steps=500), verbose=True)
     """
     config = config if config is not None else TrainingConfig()
     model = reader.model
