@@ -184,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("faiss.loader", "sentence_transformers", "httpx", "pyterrier_pisa", "matplotlib"):
+    for noisy in ("faiss.loader", "sentence_transformers", "httpx", "pyterrier_pisa", "matplotlib", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes (installed for the reader) warns on import that its optional CPU kernels are not cached.
     for noisy in ("kernels", "bitsandbytes"):

@@ -51,13 +51,15 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
     files = []
     caption = f"{config.name}: {len(test)} test questions, {resources.corpus.count:,} passages"
     curves = {}
+    # One colour per pipeline, the same in both plots.
+    colors = {name: f"C{i}" for i, name in enumerate(result.full_table["name"])}
     if any(test.answers.values()):
         for name, run in result.runs.items():
             if {"docno", "score"} <= set(run.columns):
                 curves[name] = answer_accuracy_curve(run, answers)
         figure, axis = plt.subplots(figsize=(7, 4.5))
         for name, curve in curves.items():
-            axis.plot(np.arange(1, MAX_K + 1), curve, label=name)
+            axis.plot(np.arange(1, MAX_K + 1), curve, label=name, color=colors[name])
         axis.set_xscale("log")
         axis.set_xlabel("k (passages read)")
         axis.set_ylabel("top-k answer accuracy")
@@ -70,17 +72,20 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         plt.close(figure)
         files.append(path)
 
-    # Accuracy per unit of work: the first answer-accuracy measure (or the first measure) against documents scored.
-    measure = next((m for m in config.measures if m.startswith("AnswerAcc")), config.measures[0])
+    # Accuracy per unit of work: the tuning measure against documents scored.
+    measure = config.tune_measure
     column = next((c for c in result.full_table.columns if str(c) == measure), None)
     costs = result.full_table["docs scored/q"].astype(float)
     if column is not None and costs.notna().any():
         figure, axis = plt.subplots(figsize=(7, 4.5))
+        shown = 0
         for name, cost, value in zip(result.full_table["name"], costs, result.full_table[column].astype(float)):
             if np.isnan(cost):
                 continue
-            axis.scatter([cost], [value], s=40)
-            axis.annotate(name, (cost, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            axis.scatter([cost], [value], s=40, color=colors[name], label=name)
+            # Alternate the label offsets, so pipelines at nearly the same point stay readable.
+            axis.annotate(name, (cost, value), textcoords="offset points", xytext=(6, 6 if shown % 2 == 0 else -12), fontsize=8)
+            shown += 1
         skipped = [n for n, c in zip(result.full_table["name"], costs) if np.isnan(c)]
         axis.set_xscale("log")
         axis.set_xlabel("documents scored per query (log scale)")
