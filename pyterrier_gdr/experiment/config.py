@@ -91,7 +91,6 @@ class ExperimentConfig:
     tune_measure: str
     dev_queries: Optional[int]
     pipelines: List[PipelineSpec]
-    reader: Dict[str, Any] = field(default_factory=dict)
 
     def needed_indexes(self) -> set:
         return {NEEDS_INDEX[c] for p in self.pipelines for c in p.components if c in NEEDS_INDEX}
@@ -198,7 +197,7 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
     from pyterrier_gdr.measures import AnswerMeasures
 
     base = source.parent if source is not None else Path.cwd()
-    known = {"name", "output", "cache", "dataset", "encoder", "gdr", "evaluation", "pipeline", "reader"}
+    known = {"name", "output", "cache", "dataset", "encoder", "gdr", "evaluation", "pipeline"}
     unknown = set(document) - known
     if unknown:
         raise ExperimentError(f"unknown top-level keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
@@ -307,7 +306,6 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
         tune_measure=tune_measure,
         dev_queries=int(dev_queries) if dev_queries is not None else None,
         pipelines=pipelines,
-        reader=dict(document.get("reader", {})),
     )
 
 
