@@ -9,13 +9,20 @@ import pyterrier as pt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("bitsandbytes")
-
 from tiny_models import PASSAGES, QUESTIONS, make_char_tokenizer, make_tiny_base  # noqa: E402
 
-# The tiny test models gain nothing from intra-op threads, and on a 2-core machine shared with
-# other jobs a second OpenMP thread turns each small product from microseconds into milliseconds.
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run each reader test on one intra-op thread, then restore the previous count.
+
+    The tiny test models gain nothing from more threads, and on a 2-core machine shared with
+    other jobs a second OpenMP thread turned each small product from microseconds into milliseconds.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
