@@ -64,7 +64,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compute-dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="dtype of the base's products (default: bfloat16 on GPUs and bf16-capable CPUs)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
-    parser.add_argument("--qst-lr", type=float, default=1e-2, help="QST learning rate (default: 1e-2, as TrainingConfig)")
+    parser.add_argument("--qst-lr", type=float, default=1e-2, help="QST learning rate (default: 1e-2, as ReaderTrainingConfig)")
     parser.add_argument("--lora-lr", type=float, default=2e-4, help="LoRA and QLoRA learning rate (default: 2e-4)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--worker", default=None, choices=VARIANTS, help=argparse.SUPPRESS)

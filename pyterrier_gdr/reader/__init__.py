@@ -6,13 +6,13 @@ passages a retriever returns and writes an answer per query (column ``qanswer``)
 
 Example::
 
-    from pyterrier_gdr.reader import QSTConfig, QSTReader, TrainingConfig, train_reader
+    from pyterrier_gdr.reader import QSTConfig, QSTReader, ReaderTrainingConfig, train_reader
 
     reader = QSTReader.from_base("gemma3-270m", qst=QSTConfig(r=16))
     train_reader(reader, questions=train_questions, retriever=bm25_with_text, output_dir="runs/qst")
     pipeline = bm25_with_text >> reader
 """
-from .config import DOWNSAMPLE_KINDS, DownsampleKind, QSTConfig, TrainingConfig
+from .config import DOWNSAMPLE_KINDS, DownsampleKind, QSTConfig, ReaderTrainingConfig
 from .generation import greedy_generate
 from .model import IGNORE_INDEX, QSTModel, QSTOutput
 from .quantized_base import GEMMA3_270M, base_fingerprint, default_compute_dtype, is_quantized, load_base, quantize_model
@@ -30,7 +30,7 @@ __all__ = [
     "QSTOutput",
     "QSTReader",
     "SideNetwork",
-    "TrainingConfig",
+    "ReaderTrainingConfig",
     "TrainingStep",
     "base_fingerprint",
     "default_compute_dtype",

@@ -76,7 +76,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     Returns:
         the ``reader`` parser.
     """
-    from .config import QSTConfig, TrainingConfig
+    from .config import QSTConfig, ReaderTrainingConfig
 
     reader = subparsers.add_parser("reader", help="train the QST reader (LLM answer generation)",
                                    description="Commands of the QST reader.")
@@ -108,7 +108,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     base.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: CUDA when present)")
 
     _add_config_arguments(train.add_argument_group("side network (QSTConfig)"), QSTConfig, prefix="side_")
-    _add_config_arguments(train.add_argument_group("training (TrainingConfig)"), TrainingConfig)
+    _add_config_arguments(train.add_argument_group("training (ReaderTrainingConfig)"), ReaderTrainingConfig)
     train.add_argument("--quiet", action="store_true", help="hide the progress bar")
     train.set_defaults(func=run_train)
     return reader
@@ -120,14 +120,14 @@ def _config_values(args: argparse.Namespace, config_cls, *, prefix: str = "") ->
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``reader train`` with parsed arguments; return the exit status (0 on success)."""
-    from .config import QSTConfig, TrainingConfig
+    from .config import QSTConfig, ReaderTrainingConfig
     from .inputs import bm25_retriever, read_questions
     from .training import train_reader
     from .transformer import QSTReader
 
     # Check every argument before loading anything.
     qst = QSTConfig(**_config_values(args, QSTConfig, prefix="side_"))
-    training = TrainingConfig(**_config_values(args, TrainingConfig))
+    training = ReaderTrainingConfig(**_config_values(args, ReaderTrainingConfig))
     output = Path(args.output)
     index_dir: Optional[str] = args.index_dir or str(output.with_name(output.name + "-bm25"))
 

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Optional, get_args
 
-__all__ = ["DownsampleKind", "DOWNSAMPLE_KINDS", "QSTConfig", "TrainingConfig"]
+__all__ = ["DownsampleKind", "DOWNSAMPLE_KINDS", "QSTConfig", "ReaderTrainingConfig"]
 
 DownsampleKind = Literal["adapter", "lora", "linear", "max_pool", "avg_pool"]
 DOWNSAMPLE_KINDS = get_args(DownsampleKind)
@@ -89,7 +89,7 @@ class QSTConfig(_DictMixin):
 
 
 @dataclass
-class TrainingConfig(_DictMixin):
+class ReaderTrainingConfig(_DictMixin):
     """Hyperparameters of :func:`~pyterrier_gdr.reader.train_reader`.
 
     The prompt settings (passages per prompt, prompt length limit) come from the reader being
@@ -130,18 +130,18 @@ class TrainingConfig(_DictMixin):
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_answer_tokens", "save_every"):
-            _check_positive_int("TrainingConfig", name, getattr(self, name))
+            _check_positive_int("ReaderTrainingConfig", name, getattr(self, name))
         if self.max_steps is not None:
-            _check_positive_int("TrainingConfig", "max_steps", self.max_steps)
+            _check_positive_int("ReaderTrainingConfig", "max_steps", self.max_steps)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainingConfig.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+            raise ValueError(f"ReaderTrainingConfig.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if not self.learning_rate > 0:
-            raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}")
+            raise ValueError(f"ReaderTrainingConfig.learning_rate must be positive, got {self.learning_rate!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"TrainingConfig.weight_decay must be non-negative, got {self.weight_decay!r}")
+            raise ValueError(f"ReaderTrainingConfig.weight_decay must be non-negative, got {self.weight_decay!r}")
         if self.lr_schedule not in ("constant", "linear"):
-            raise ValueError(f"TrainingConfig.lr_schedule={self.lr_schedule!r} is invalid; valid: constant, linear")
+            raise ValueError(f"ReaderTrainingConfig.lr_schedule={self.lr_schedule!r} is invalid; valid: constant, linear")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"TrainingConfig.max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
+            raise ValueError(f"ReaderTrainingConfig.max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"TrainingConfig.seed must be an integer, got {self.seed!r}")
+            raise ValueError(f"ReaderTrainingConfig.seed must be an integer, got {self.seed!r}")

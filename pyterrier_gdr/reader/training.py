@@ -19,7 +19,7 @@ import torch
 
 from .._util import atomic_directory, atomic_write_json
 from .artifact import CHECKPOINT_DIR, META_FILE, READER_FILE, write_reader_files
-from .config import TrainingConfig
+from .config import ReaderTrainingConfig
 from .model import IGNORE_INDEX, SIDE_WEIGHTS_FILE, QSTModel
 from .prompts import encode_answer, encode_prompt, pad_token_id, stop_token_ids
 from .transformer import QSTReader
@@ -111,7 +111,7 @@ def _collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> 
 class _Schedule:
     """Deterministic micro-batch order: a seeded permutation per epoch, so a resumed run gets the same batches."""
 
-    def __init__(self, num_examples: int, config: TrainingConfig):
+    def __init__(self, num_examples: int, config: ReaderTrainingConfig):
         self.num_examples = num_examples
         self.config = config
         self.batches_per_epoch = math.ceil(num_examples / config.batch_size)
@@ -189,7 +189,7 @@ def train_reader(
     questions: pd.DataFrame,
     retriever: pt.Transformer,
     output_dir: Union[str, Path],
-    config: Optional[TrainingConfig] = None,
+    config: Optional[ReaderTrainingConfig] = None,
     overwrite: bool = False,
     callback: Optional[Callable[[TrainingStep], None]] = None,
     verbose: bool = False,
@@ -209,7 +209,7 @@ def train_reader(
         questions: ``qid, query, answers`` (a list of gold answers per question; the first is the target).
         retriever: a transformer from ``qid, query`` to ``qid, docno, text`` (``score``/``rank`` order them).
         output_dir: directory of the checkpoint and of the trained reader.
-        config: hyperparameters; defaults to ``TrainingConfig()``.
+        config: hyperparameters; defaults to ``ReaderTrainingConfig()``.
         overwrite: discard a trained reader or checkpoint already in ``output_dir`` and start again.
         callback: called with a :class:`TrainingStep` after each optimizer step.
         verbose: show a progress bar.
@@ -227,9 +227,9 @@ def train_reader(
         reader = QSTReader.from_base("gemma3-270m", qst=QSTConfig())
         retriever = bm25 >> pt.text.get_text(dataset, "text")
         train_reader(reader, questions=train_questions, retriever=retriever, output_dir="runs/qst",
-                     config=TrainingConfig(max_steps=500), verbose=True)
+                     config=ReaderTrainingConfig(max_steps=500), verbose=True)
     """
-    config = config if config is not None else TrainingConfig()
+    config = config if config is not None else ReaderTrainingConfig()
     model = reader.model
     if model.side is None:
         raise ValueError("this reader has no side network to train; build one with QSTReader.from_base(base, qst=QSTConfig())")

@@ -12,7 +12,7 @@ from pyterrier_gdr.reader import (
     QSTConfig,
     QSTModel,
     QSTReader,
-    TrainingConfig,
+    ReaderTrainingConfig,
     is_quantized,
     load_base,
     train_reader,
@@ -76,7 +76,7 @@ def test_gemma_qst_trains_and_reloads(gemma, tmp_path):
     lookup = pt.apply.generic(lambda frame: frame[["qid"]].merge(PASSAGES, on="qid"))
     losses = []
     train_reader(reader, questions=questions, retriever=lookup, output_dir=tmp_path / "run",
-                 config=TrainingConfig(max_steps=2, batch_size=2), callback=lambda step: losses.append(step.loss))
+                 config=ReaderTrainingConfig(max_steps=2, batch_size=2), callback=lambda step: losses.append(step.loss))
     assert len(losses) == 2
     assert reader.model.side.alpha.min() < 1.0
 

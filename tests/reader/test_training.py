@@ -4,7 +4,7 @@ import pyterrier as pt
 import pytest
 import torch
 
-from pyterrier_gdr.reader import QSTConfig, QSTReader, TrainingConfig, train_reader
+from pyterrier_gdr.reader import QSTConfig, QSTReader, ReaderTrainingConfig, train_reader
 from pyterrier_gdr.reader.model import IGNORE_INDEX
 from pyterrier_gdr.reader.training import _collate, build_examples
 
@@ -16,7 +16,7 @@ def _reader(base, tokenizer):
 
 
 def _config(**overrides):
-    return TrainingConfig(**{"learning_rate": 1e-2, "batch_size": 2, "max_steps": 4, "save_every": 2, **overrides})
+    return ReaderTrainingConfig(**{"learning_rate": 1e-2, "batch_size": 2, "max_steps": 4, "save_every": 2, **overrides})
 
 
 def test_labels_cover_answer_tokens_only(tokenizer, bm25, questions):
@@ -150,4 +150,4 @@ def test_questions_without_answers_raise(llama_base, tokenizer, bm25, questions,
 ])
 def test_training_config_rejects_invalid_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TrainingConfig(**kwargs)
+        ReaderTrainingConfig(**kwargs)
