@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--quiet", action="store_true", help="hide progress bars")
     add.set_defaults(handler=_add_documents)
 
+    from pyterrier_gdr.reader.cli import register as register_reader
+
+    register_reader(commands)
+
     tree = commands.add_parser("tree-stats", help="print the leaf-size distribution of a GDR index")
     tree.add_argument("index", help="the GDR index directory")
     tree.set_defaults(handler=_tree_stats)
@@ -192,8 +196,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pyterrier_gdr.experiment import ExperimentError
     from pyterrier_gdr.index import IndexFormatError
 
+    handler = getattr(args, "handler", None) or args.func  # the reader commands set `func`
     try:
-        return args.handler(args)
+        return handler(args)
     except (ExperimentError, IndexFormatError, FileNotFoundError, FileExistsError) as e:
         print(f"pyterrier-gdr: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``GDRIndex``: the directory that holds everything GDR retrieves with.
+"""``GDRIndex``: the directory that contains everything GDR retrieves with.
 
 Layout (file names carry their dtype, as in pyterrier-dr)::
 
@@ -104,9 +104,10 @@ class GDRIndex(pta.Artifact):
                 meta = json.load(fin)
         except json.JSONDecodeError as e:
             raise IndexFormatError(f"{meta_path} is not valid JSON ({e.msg}); the index is damaged, rebuild it") from e
+
         if meta.get("type") != self.ARTIFACT_TYPE or meta.get("format") != self.ARTIFACT_FORMAT:
             raise IndexFormatError(
-                f"{self.path} holds a {meta.get('type')}/{meta.get('format')} artifact, not a "
+                f"{self.path} contains a {meta.get('type')}/{meta.get('format')} artifact, not a "
                 f"{self.ARTIFACT_TYPE}/{self.ARTIFACT_FORMAT} (GDR index)"
             )
         version = meta.get("format_version")
@@ -115,12 +116,14 @@ class GDRIndex(pta.Artifact):
                 f"{self.path} is a GDR index of format version {version}; this pyterrier-gdr reads version "
                 f"{FORMAT_VERSION}. Rebuild it with GDRIndex.build(...), or use the pyterrier-gdr version that wrote it."
             )
+
+        # Files: at least the committed rows (an interrupted addition may leave more), and every docno segment.
         expected = meta["doc_count"] * meta["vec_size"] * 4
         vecs = self.path / "vecs.f4"
         if not vecs.exists() or vecs.stat().st_size < expected:
             size = vecs.stat().st_size if vecs.exists() else 0
             raise IndexFormatError(
-                f"{vecs} holds {size} bytes, expected at least {expected} for {meta['doc_count']} vectors of "
+                f"{vecs} has {size} bytes, expected at least {expected} for {meta['doc_count']} vectors of "
                 f"dimension {meta['vec_size']}; the index is damaged, rebuild it"
             )
         segments = meta.get("docno_segments")

@@ -23,7 +23,7 @@ import pyterrier as pt
 
 from pyterrier_gdr._util import atomic_build_path, resolve_encoder
 from pyterrier_gdr.datasets import Corpus, QuestionSet, load_corpus, load_questions
-from pyterrier_gdr.experiment.config import COMPONENTS, ExperimentConfig, ExperimentError, PipelineSpec
+from pyterrier_gdr.experiment.config import COMPONENTS, READERS, ExperimentConfig, ExperimentError, PipelineSpec
 
 __all__ = ["ExperimentResources"]
 
@@ -48,6 +48,8 @@ class ExperimentResources:
         self._flex = None
         self._bi_encoder = None
         self._gdr = None
+        self._reader_base = None
+        self._qst_path = None
 
     # --- data ---------------------------------------------------------------------------
 
@@ -156,6 +158,8 @@ class ExperimentResources:
             )
         if name == "centroid":
             return self.gdr_index().centroid_router(num_clusters=int(settings["num_clusters"]), verbose=False)
+        if name in READERS:
+            return self.reader(name, settings)
         if name == "ranker":
             return self.gdr_index().intra_cluster_ranker(
                 alpha=float(settings["alpha"]), num_results=int(settings["num_results"]), fusion=settings["fusion"],
@@ -169,6 +173,9 @@ class ExperimentResources:
         parts = {name: self.component(name, params.get(name, {}), cache=cache) for name in spec.components}
         pipeline = None
         for name in spec.components:
+            if name in READERS:
+                # Readers read passage texts, which the retrieval stages do not return.
+                pipeline = pipeline >> self.text_loader()
             pipeline = parts[name] if pipeline is None else pipeline >> parts[name]
         return pipeline, parts
 
@@ -178,12 +185,88 @@ class ExperimentResources:
         Dense retrieval scores the whole corpus; the GDR ranker counts its candidates. BM25's
         work depends on the posting lists PISA traverses, which it does not report (NaN).
         """
-        last = spec.components[-1]
+        retrieval = [c for c in spec.components if c not in READERS]
+        if not retrieval:
+            return float("nan")
+        last = retrieval[-1]
         if last == "ranker":
             return parts["ranker"].work.documents_per_query()
         if last == "dense":
             return float(self.corpus.count)
         return float("nan")
+
+    # --- readers ------------------------------------------------------------------------
+
+    def text_loader(self) -> pt.Transformer:
+        """A transformer adding each passage's ``text`` and ``title`` from the corpus."""
+        corpus = self.corpus
+
+        def add_text(frame):
+            frame = frame.copy()
+            docnos = frame["docno"].astype(str).tolist()
+            frame["text"] = corpus.texts(docnos) if len(frame) else []
+            return frame
+
+        return pt.apply.generic(add_text)
+
+    def reader_base(self):
+        """The reader's base LLM and tokenizer, loaded (and quantized) once and shared by all readers."""
+        if self._reader_base is None:
+            from pyterrier_gdr.reader import load_base
+
+            spec = self.config.reader
+            logger.info("loading the reader base %s", spec.base)
+            self._reader_base = load_base(spec.base, quantize=spec.quantize)
+        return self._reader_base
+
+    def reader(self, name: str, settings: dict) -> pt.Transformer:
+        """The base reader (``base_reader``) or the QST-tuned reader (``reader``, trained on first use)."""
+        from pyterrier_gdr.reader import QSTReader
+
+        model, tokenizer = self.reader_base()
+        if name == "base_reader":
+            return QSTReader.from_base(model, tokenizer=tokenizer, qst=None, **settings)
+        path = self.train_qst_reader(settings)
+        return QSTReader.from_pretrained(path, base=model, tokenizer=tokenizer, **settings)
+
+    def reader_settings(self, settings: dict) -> dict:
+        """Everything that shapes the trained reader; its hash names the cache folder."""
+        spec = self.config.reader
+        return {
+            "base": spec.base, "quantize": spec.quantize, "train_corpus": spec.train_corpus,
+            "train_questions": spec.train_questions, "train_retriever_results": spec.train_retriever_results,
+            "qst": spec.qst, "training": spec.training,
+            "num_passages": settings["num_passages"], "max_prompt_tokens": settings["max_prompt_tokens"],
+        }
+
+    def train_qst_reader(self, settings: dict) -> Path:
+        """Train the QST reader on the [reader] training data (BM25 passages), or find it in the cache."""
+        from pyterrier_gdr.reader import QSTConfig, QSTReader, ReaderTrainingConfig, train_reader
+
+        spec = self.config.reader
+        fingerprint = self.reader_settings(settings)
+        digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        path = self.config.cache / "readers" / f"qst-{_slug(spec.base)}-{digest}"
+        if (path / "pt_meta.json").exists():
+            return path
+
+        # Training data: questions with answers, and BM25's passages from the training corpus.
+        train_resources = ExperimentResources(self.config, verbose=self.verbose)
+        train_resources.corpus = load_corpus(spec.train_corpus)
+        train_resources.folder = self.config.cache / train_resources.corpus.name
+        questions = load_questions(spec.train_questions)
+        frame = questions.topics.copy()
+        frame["answers"] = [questions.answers.get(qid, []) for qid in frame["qid"]]
+        retriever = train_resources.bm25_index().bm25(num_results=spec.train_retriever_results) >> train_resources.text_loader()
+
+        model, tokenizer = self.reader_base()
+        reader = QSTReader.from_base(model, tokenizer=tokenizer, qst=QSTConfig(**spec.qst), **settings)
+        logger.info("training the QST reader on %d questions into %s", len(frame), path)
+        # train_reader resumes from its own checkpoint in this folder after an interruption.
+        train_reader(reader, questions=frame, retriever=retriever, output_dir=path, config=ReaderTrainingConfig(**spec.training), verbose=self.verbose)
+        with open(path / "experiment_settings.json", "w", encoding="utf-8") as fout:
+            json.dump(fingerprint, fout, indent=2, default=str)
+        return path
 
     def passage_texts(self, docnos):
         """Raw passage texts (no title prefix), as answer matching reads them."""

@@ -42,7 +42,12 @@ COMPONENTS: Dict[str, Dict[str, Any]] = {
     "generator": {"num_clusters": 10, "beam_size": None},
     "centroid": {"num_clusters": 10},
     "ranker": {"alpha": 1.0, "num_results": 100, "fusion": "log_prob", "temperature": 0.05},
+    "reader": {"num_passages": 3, "max_new_tokens": 16, "max_prompt_tokens": 384, "batch_size": 8},
+    "base_reader": {"num_passages": 3, "max_new_tokens": 16, "max_prompt_tokens": 384, "batch_size": 8},
 }
+
+# Components that answer questions (output ``qanswer``) rather than rank documents.
+READERS = ("reader", "base_reader")
 
 # Components whose transformer needs an index built by the experiment.
 NEEDS_INDEX = {"bm25": "bm25", "dense": "flex", "generator": "gdr", "centroid": "gdr", "ranker": "gdr"}
@@ -69,6 +74,19 @@ class PipelineSpec:
 
 
 @dataclass
+class ReaderSpec:
+    """The ``[reader]`` section: the base LLM and how its QST side network is trained."""
+
+    base: str = "gemma3-270m"
+    quantize: bool = True
+    train_corpus: Optional[str] = None
+    train_questions: Optional[Union[str, Mapping[str, Any]]] = None
+    train_retriever_results: int = 10
+    qst: Dict[str, Any] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ExperimentConfig:
     """A parsed, validated experiment file."""
 
@@ -91,6 +109,7 @@ class ExperimentConfig:
     tune_measure: str
     dev_queries: Optional[int]
     pipelines: List[PipelineSpec]
+    reader: Optional[ReaderSpec] = None
 
     def needed_indexes(self) -> set:
         return {NEEDS_INDEX[c] for p in self.pipelines for c in p.components if c in NEEDS_INDEX}
@@ -158,7 +177,7 @@ def _question_source(dataset: Mapping[str, Any], key: str, required: bool):
     raise ExperimentError(f"[dataset].{key} = {value!r} is invalid; give an irds: id, a JSONL path, or a table")
 
 
-def _check_sources(corpus: str, splits: Mapping[str, Any]) -> None:
+def _check_sources(corpus: str, splits: Mapping[str, Any], *, section: str = "dataset") -> None:
     """Check that every ir_datasets id is known and every local file exists, before anything runs."""
     from pyterrier_gdr.datasets import _irds_dataset
 
@@ -167,11 +186,11 @@ def _check_sources(corpus: str, splits: Mapping[str, Any]) -> None:
             try:
                 _irds_dataset(value)
             except ValueError as e:
-                raise ExperimentError(f"[dataset].{where}: {e}") from e
+                raise ExperimentError(f"[{section}].{where}: {e}") from e
         elif not Path(value).exists():
-            raise ExperimentError(f"[dataset].{where}: file {value!r} not found; give an existing JSONL file or an irds: id")
+            raise ExperimentError(f"[{section}].{where}: file {value!r} not found; give an existing JSONL file or an irds: id")
 
-    check("corpus", corpus)
+    check("corpus" if section == "dataset" else "train_corpus", corpus)
     for key, value in splits.items():
         if isinstance(value, str):
             check(key, value)
@@ -197,7 +216,7 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
     from pyterrier_gdr.measures import AnswerMeasures
 
     base = source.parent if source is not None else Path.cwd()
-    known = {"name", "output", "cache", "dataset", "encoder", "gdr", "evaluation", "pipeline"}
+    known = {"name", "output", "cache", "dataset", "encoder", "gdr", "evaluation", "pipeline", "reader"}
     unknown = set(document) - known
     if unknown:
         raise ExperimentError(f"unknown top-level keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
@@ -217,12 +236,7 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
         raise ExperimentError("[dataset] needs 'corpus': an irds: id such as \"irds:pyterrier-gdr/squad-dev\" or a JSONL path")
     splits = {}
     for key, required in (("test", True), ("train", False), ("dev", False)):
-        value = _question_source(dataset, key, required)
-        if isinstance(value, str):
-            value = resolve(value)
-        elif isinstance(value, Mapping):
-            value = {k: (resolve(v) if k in ("questions", "qrels") else v) for k, v in value.items()}
-        splits[key] = value
+        splits[key] = _resolve_source(_question_source(dataset, key, required), resolve)
 
     _check_sources(resolve(str(dataset["corpus"])), splits)
 
@@ -286,6 +300,8 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
         if splits["train"] is None and training.pseudo_queries_per_doc == 0:
             raise ExperimentError("GDR needs training queries: name a [dataset] 'train' split, or set [gdr.training] pseudo_queries_per_doc > 0")
 
+    reader = _parse_reader(document.get("reader"), pipelines, measures, resolve)
+
     return ExperimentConfig(
         name=str(document.get("name", source.stem if source else "experiment")),
         source=source,
@@ -306,7 +322,67 @@ def parse_experiment(document: Mapping[str, Any], *, source: Optional[Path] = No
         tune_measure=tune_measure,
         dev_queries=int(dev_queries) if dev_queries is not None else None,
         pipelines=pipelines,
+        reader=reader,
     )
+
+
+def _resolve_source(value, resolve):
+    """Resolve the local paths of a question source (a string or a table) against the experiment file."""
+    if isinstance(value, str):
+        return resolve(value)
+    if isinstance(value, Mapping):
+        return {k: (resolve(str(v)) if k in ("questions", "qrels") else v) for k, v in value.items()}
+    return value
+
+
+def _parse_reader(section: Optional[Mapping[str, Any]], pipelines: List[PipelineSpec], measures: List[str], resolve) -> Optional[ReaderSpec]:
+    """Validate the ``[reader]`` section against the pipelines and measures that use it."""
+    answer_level = [m for m in measures if m in ("EM", "F1")]
+    reading = [p.name for p in pipelines if p.components[-1] in READERS]
+    retrieving = [p.name for p in pipelines if p.components[-1] not in READERS]
+    for pipeline in pipelines:
+        if any(c in READERS for c in pipeline.components[:-1]):
+            raise ExperimentError(f"pipeline {pipeline.name!r}: a reader must be the last component of {pipeline.run!r}")
+    if reading and retrieving:
+        raise ExperimentError(
+            f"pipelines {reading} end with a reader and {retrieving} do not; put reader pipelines (scored by EM, F1) "
+            "and retrieval pipelines (scored by R@k, AnswerAcc@k, ...) in separate experiment files"
+        )
+    if reading and set(measures) - {"EM", "F1"}:
+        raise ExperimentError(f"reader pipelines are scored by EM and F1 only; remove {sorted(set(measures) - {'EM', 'F1'})} from [evaluation].measures")
+    if answer_level and not reading:
+        raise ExperimentError("EM and F1 score generated answers; end the pipelines with 'reader' or 'base_reader'")
+    if not reading:
+        if section:
+            raise ExperimentError("the file has a [reader] section but no pipeline uses 'reader' or 'base_reader'")
+        return None
+
+    section = dict(section or {})
+    known = {"base", "quantize", "train_corpus", "train_questions", "train_retriever_results", "qst", "training"}
+    unknown = set(section) - known
+    if unknown:
+        raise ExperimentError(f"[reader] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    from pyterrier_gdr.reader.config import QSTConfig, ReaderTrainingConfig
+
+    try:
+        QSTConfig(**dict(section.get("qst", {})))
+        ReaderTrainingConfig(**dict(section.get("training", {})))
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"[reader]: {e}") from e
+    spec = ReaderSpec(
+        base=str(section.get("base", "gemma3-270m")),
+        quantize=bool(section.get("quantize", True)),
+        train_corpus=resolve(str(section["train_corpus"])) if section.get("train_corpus") else None,
+        train_questions=_resolve_source(section.get("train_questions"), resolve),
+        train_retriever_results=int(section.get("train_retriever_results", 10)),
+        qst=dict(section.get("qst", {})),
+        training=dict(section.get("training", {})),
+    )
+    if any(p.components[-1] == "reader" for p in pipelines):
+        if spec.train_corpus is None or spec.train_questions is None:
+            raise ExperimentError("'reader' (QST-tuned) needs [reader] train_corpus and train_questions to train on; 'base_reader' needs neither")
+        _check_sources(spec.train_corpus, {"train_questions": spec.train_questions}, section="reader")
+    return spec
 
 
 def load_experiment(path: Union[str, Path]) -> ExperimentConfig:

@@ -140,11 +140,17 @@ def run_experiment(config: ExperimentConfig, *, verbose: bool = True) -> Experim
         response_ms[spec.name] = ms
         scored[spec.name] = resources.documents_scored(spec, parts)
 
-    # Evaluate, with significance tests against the baseline.
+    # Evaluate, with significance tests against the baseline. PyTerrier scores the questions
+    # that have qrels; when every measure is answer-based, every question counts.
+    qrels = test.qrels
+    if all(name.startswith("AnswerAcc") or name in ("EM", "F1") for name in config.measures):
+        unjudged = sorted(set(test.topics["qid"]) - set(qrels["qid"]))
+        placeholders = pd.DataFrame({"qid": unjudged, "docno": "", "label": 0})
+        qrels = pd.concat([qrels, placeholders], ignore_index=True) if unjudged else qrels
     names = [spec.name for spec in config.pipelines]
     baseline = names.index(config.baseline) if config.baseline else None
     full = pt.Experiment(
-        [runs[n] for n in names], test.topics, test.qrels, measures, names=names,
+        [runs[n] for n in names], test.topics, qrels, measures, names=names,
         baseline=baseline, correction=config.correction if baseline is not None else None,
     )
     full[MRT_COLUMN] = [response_ms[n] for n in names]
