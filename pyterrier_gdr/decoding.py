@@ -60,12 +60,14 @@ class TorchTrie:
 class CachedBertDecoder:
     """Incremental decoding with the weights of the CID decoder (a ``transformers`` ``BertLMHeadModel``).
 
-    ``transformers`` recomputes or re-indexes every beam's cross-attention keys and values;
-    here they are computed once per query and shared by its beams, and each step runs one
-    new token per beam against a cache of the earlier tokens' self-attention keys and
-    values. The arithmetic is BERT's (post-layer-norm, absolute positions), so the logits
-    equal the full forward pass of the same module (checked in the tests). Inference only:
-    dropout is not applied.
+    ``transformers`` runs every beam through the decoder at every step and computes the
+    cross-attention keys and values for each beam. Here the cross-attention keys and values
+    are computed once per query and shared by its beams. Each step feeds one new token per
+    live beam: beams that hold no hypothesis (all but one at the first step, those beyond
+    the root's children at the second) cost nothing. Self-attention reads a cache of the
+    earlier tokens' keys and values. The arithmetic is BERT's (post-layer-norm, absolute
+    positions), so the logits equal the full forward pass of the same module, as the tests
+    check. Inference only: dropout is not applied.
     """
 
     def __init__(self, decoder):
@@ -77,13 +79,22 @@ class CachedBertDecoder:
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.activation = ACT2FN[config.hidden_act]
-        self.head_activation = ACT2FN[config.hidden_act]
+        # One product for the self-attention query, key and value of each layer.
+        self.qkv = []
+        for layer in self.bert.encoder.layer:
+            attention = layer.attention.self
+            weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])  # (3H, H)
+            bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])  # (3H,)
+            self.qkv.append((weight, bias))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim)  # (..., H) -> (..., heads, head_dim)
 
-    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> dict:
-        """Precompute the cross-attention keys and values of ``(B, T, H)`` encoder states, once per query."""
+    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, *, width: int, max_length: int) -> dict:
+        """Precompute the cross-attention keys and values of ``(B, T, H)`` encoder states, once per query.
+
+        ``width`` beams per query and ``max_length`` steps size the self-attention cache.
+        """
         cross = []
         for layer in self.bert.encoder.layer:
             attention = layer.crossattention.self
@@ -92,52 +103,77 @@ class CachedBertDecoder:
             cross.append((keys, values))
         bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device)
         bias = bias.masked_fill(memory_mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
-        return {"cross": cross, "memory_bias": bias, "self": [None] * len(cross)}
+        batch, hidden = memory.shape[0], memory.shape[2]
+        # Self-attention keys and values of every beam's tokens so far: (L, B * W, H) per layer.
+        cache_shape = (max_length, batch * width, hidden)
+        self_cache = [(memory.new_zeros(cache_shape), memory.new_zeros(cache_shape)) for _ in cross]
+        return {"cross": cross, "memory_bias": bias.transpose(1, 2), "self": self_cache, "width": width}
 
-    def reorder(self, state: dict, source_beam: torch.Tensor) -> None:
-        """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``)."""
-        for i, cached in enumerate(state["self"]):
-            if cached is None:
-                continue
-            keys, values = cached  # (B, W, heads, t, d)
-            index = source_beam[:, :, None, None, None].expand_as(keys)
-            state["self"][i] = (keys.gather(1, index), values.gather(1, index))
+    def reorder(self, state: dict, source_beam: torch.Tensor, length: int) -> None:
+        """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``); ``length`` steps are cached."""
+        batch, width = source_beam.shape
+        rows = (torch.arange(batch, device=source_beam.device)[:, None] * width + source_beam).view(-1)  # (B * W,)
+        for keys, values in state["self"]:
+            keys[:length] = keys[:length].index_select(1, rows)
+            values[:length] = values[:length].index_select(1, rows)
 
-    def step(self, tokens: torch.Tensor, position: int, state: dict) -> torch.Tensor:
-        """Feed ``(B, W)`` tokens at ``position``; return ``(B, W, vocab)`` logits."""
+    def step(self, tokens: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
+        """Feed the ``(B, W)`` tokens of the ``live`` beams at ``position``; return their ``(n_live, vocab)`` logits.
+
+        Rows follow ``live.nonzero()`` order (by query, then beam).
+        """
+        queries, beams = live.nonzero(as_tuple=True)  # (n,), (n,)
+        rows = queries * state["width"] + beams  # (n,) rows of the self-attention cache
         embeddings = self.bert.embeddings
-        x = embeddings.word_embeddings(tokens) + embeddings.position_embeddings.weight[position]
-        x = x + embeddings.token_type_embeddings.weight[0]
-        x = embeddings.LayerNorm(x)  # (B, W, H)
+        x = embeddings.word_embeddings(tokens[queries, beams]) + embeddings.position_embeddings.weight[position]
+        x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (n, H)
         scale = self.head_dim ** -0.5
+        batch, hidden = live.shape[0], x.shape[1]
+        low, high = int(beams.min()), int(beams.max()) + 1
         for i, layer in enumerate(self.bert.encoder.layer):
             # Self-attention over this beam's tokens so far.
-            attention = layer.attention.self
-            query = self._split(attention.query(x))  # (B, W, heads, d)
-            key = self._split(attention.key(x))[:, :, :, None, :]  # (B, W, heads, 1, d)
-            value = self._split(attention.value(x))[:, :, :, None, :]
-            if state["self"][i] is not None:
-                key = torch.cat([state["self"][i][0], key], dim=3)  # (B, W, heads, t, d)
-                value = torch.cat([state["self"][i][1], value], dim=3)
-            state["self"][i] = (key, value)
-            weights = torch.softmax(torch.einsum("bwhd,bwhtd->bwht", query, key) * scale, dim=-1)
-            context = torch.einsum("bwht,bwhtd->bwhd", weights, value).flatten(2)  # (B, W, H)
+            query, key, value = torch.nn.functional.linear(x, *self.qkv[i]).split(hidden, dim=1)  # (n, H) each
+            cached_keys, cached_values = state["self"][i]  # (L, B * W, H)
+            cached_keys[position, rows] = key
+            cached_values[position, rows] = value
+            keys = self._split(cached_keys[: position + 1, rows])  # (t, n, heads, d)
+            values = self._split(cached_values[: position + 1, rows])
+            weights = torch.softmax(torch.einsum("nhd,tnhd->nht", self._split(query), keys) * scale, dim=-1)
+            context = torch.einsum("nht,tnhd->nhd", weights, values).flatten(1)  # (n, H)
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
 
-            # Cross-attention to the query's encoder states, shared by all its beams.
+            # Cross-attention to the query's encoder states, shared by all its beams: the rows are laid
+            # out (B, beams lo..hi) so one product serves every query without copying its keys per beam.
             attention = layer.crossattention.self
             cross_keys, cross_values = state["cross"][i]  # (B, heads, T, d)
-            query = self._split(attention.query(x))  # (B, W, heads, d)
-            scores = torch.einsum("bwhd,bhtd->bwht", query, cross_keys) * scale + state["memory_bias"].transpose(1, 2)
-            context = torch.einsum("bwht,bhtd->bwhd", torch.softmax(scores, dim=-1), cross_values).flatten(2)
+            query = x.new_zeros(batch, high - low, self.num_heads, self.head_dim)
+            query[queries, beams - low] = self._split(attention.query(x))
+            scores = torch.einsum("bwhd,bhtd->bwht", query, cross_keys) * scale + state["memory_bias"]
+            context = torch.einsum("bwht,bhtd->bwhd", torch.softmax(scores, dim=-1), cross_values)[queries, beams - low].flatten(1)  # (n, H)
             x = layer.crossattention.output.LayerNorm(layer.crossattention.output.dense(context) + x)
 
             # Feed-forward.
-            hidden = self.activation(layer.intermediate.dense(x))
-            x = layer.output.LayerNorm(layer.output.dense(hidden) + x)
+            hidden_states = self.activation(layer.intermediate.dense(x))
+            x = layer.output.LayerNorm(layer.output.dense(hidden_states) + x)
         transform = self.head.transform
-        x = transform.LayerNorm(self.head_activation(transform.dense(x)))
-        return self.head.decoder(x)  # (B, W, vocab)
+        x = transform.LayerNorm(self.activation(transform.dense(x)))
+        return self.head.decoder(x)  # (n, vocab)
+
+
+def _expand_beams(decoder, state, live, scores, nodes, last_tokens, position: int, trie: TorchTrie, width: int) -> torch.Tensor:
+    """Return the ``(B, W, k+1)`` scores of every live beam's candidates (k digits, then EOS); -inf where invalid."""
+    batch, k = live.shape[0], trie.branching_factor
+    device = scores.device
+    log_probs = torch.log_softmax(decoder.step(last_tokens, position, state, live).float(), dim=-1)  # (n_live, vocab)
+    digit_tokens = position * k + torch.arange(k, device=device) + 2  # (k,)
+    in_vocab = digit_tokens < log_probs.shape[-1]
+    expanded = torch.full((len(log_probs), k + 1), float("-inf"), device=device)
+    expanded[:, :k][:, in_vocab] = log_probs[:, digit_tokens[in_vocab]]
+    expanded[:, k] = log_probs[:, 1]
+    valid = torch.cat([trie.children[nodes] >= 0, (trie.node_leaf[nodes] >= 0)[:, :, None]], dim=2)  # (B, W, k+1)
+    candidates = torch.full((batch, width, k + 1), float("-inf"), device=device)
+    candidates[live] = torch.where(valid[live], scores[live][:, None] + expanded, float("-inf"))
+    return candidates
 
 
 @torch.no_grad()
@@ -171,7 +207,7 @@ def constrained_beam_search(
     if encoder_outputs is None:
         encoder_outputs = model.encode(input_ids, attention_mask)
     decoder = CachedBertDecoder(model.seq2seq.decoder)
-    state = decoder.start(encoder_outputs.last_hidden_state, attention_mask)
+    state = decoder.start(encoder_outputs.last_hidden_state, attention_mask, width=width, max_length=trie.max_depth + 1)
 
     # Live beams: trie node, score and last token; beam 0 starts at the root, the others are empty.
     nodes = torch.zeros(batch, width, dtype=torch.long, device=device)
@@ -183,22 +219,15 @@ def constrained_beam_search(
     pool_scores = torch.full((batch, width), float("-inf"), device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
 
-    digit_offsets = torch.arange(k, device=device)  # (k,)
     for position in range(trie.max_depth + 1):
         live = torch.isfinite(scores) & ~done[:, None]  # (B, W)
+        # Once a query's pool is full, a beam scoring below its worst hypothesis can never reach the
+        # pool, and its candidates could only displace other such beams: it need not be expanded.
+        pool_full = torch.isfinite(pool_scores[:, -1])
+        live &= ~(pool_full[:, None] & (scores < pool_scores[:, -1:]))
         if not live.any():
             break
-        log_probs = torch.log_softmax(decoder.step(last_tokens, position, state).float(), dim=-1)  # (B, W, vocab)
-
-        # Candidates per beam: k digits at this position, then EOS; invalid ones are -inf.
-        digit_tokens = position * k + digit_offsets + 2  # (k,)
-        in_vocab = digit_tokens < log_probs.shape[-1]
-        candidate_log_probs = torch.full((batch, width, k + 1), float("-inf"), device=device)
-        candidate_log_probs[:, :, :k][:, :, in_vocab] = log_probs[:, :, digit_tokens[in_vocab]]
-        candidate_log_probs[:, :, k] = log_probs[:, :, 1]
-        valid = torch.cat([trie.children[nodes] >= 0, (trie.node_leaf[nodes] >= 0)[:, :, None]], dim=2)  # (B, W, k+1)
-        valid &= live[:, :, None]
-        candidates = torch.where(valid, scores[:, :, None] + candidate_log_probs, neg_inf)  # (B, W, k+1)
+        candidates = _expand_beams(decoder, state, live, scores, nodes, last_tokens, position, trie, width)  # (B, W, k+1)
         flat = candidates.view(batch, width * (k + 1))
 
         # Finished: EOS candidates ranked within the top `width` of all candidates join the pool.
@@ -220,7 +249,7 @@ def constrained_beam_search(
         last_tokens = torch.where(alive, position * k + digit + 2, 0)
         nodes = torch.where(alive, next_nodes, 0)
         scores = next_scores
-        decoder.reorder(state, source_beam)
+        decoder.reorder(state, source_beam, position + 1)
 
         # A query is done when its pool is full and no live beam can beat the pool's worst
         # hypothesis: log-probabilities only decrease as a CID grows.

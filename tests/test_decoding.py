@@ -108,7 +108,8 @@ def test_cached_steps_equal_full_forward(model, tree):
     with torch.no_grad():
         full = model.decoder_logits(encoder_outputs, tokens["attention_mask"], decoder_inputs)  # (3, L, vocab)
         stepper = CachedBertDecoder(model.seq2seq.decoder)
-        state = stepper.start(encoder_outputs.last_hidden_state, tokens["attention_mask"])
+        state = stepper.start(encoder_outputs.last_hidden_state, tokens["attention_mask"], width=1, max_length=labels.shape[1])
+        live = torch.ones(3, 1, dtype=torch.bool)
         for position in range(labels.shape[1]):
-            step = stepper.step(decoder_inputs[:, position:position + 1], position, state)  # (3, 1, vocab)
-            assert torch.allclose(step[:, 0], full[:, position], atol=1e-4)
+            step = stepper.step(decoder_inputs[:, position:position + 1], position, state, live)  # (3, vocab)
+            assert torch.allclose(step, full[:, position], atol=1e-4)

@@ -1,0 +1,34 @@
+"""CUDA paths: decoding, scoring and retrieval on a GPU give the CPU's results (skipped without CUDA)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pyterrier_gdr.index import GDRIndex
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TOPICS = pd.DataFrame({"qid": ["1", "2", "3"], "query": ["Who won Super Bowl 50?", "Where was the game played?", "Normandy"]})
+
+
+@pytest.fixture(scope="module")
+def cpu_and_gpu(trained_index):
+    return GDRIndex(trained_index.path, device="cpu", verbose=False), GDRIndex(trained_index.path, device="cuda", verbose=False)
+
+
+def test_generator_same_clusters_on_gpu(cpu_and_gpu):
+    cpu, gpu = cpu_and_gpu
+    on_cpu = cpu.cluster_generator(num_clusters=5)(TOPICS)
+    on_gpu = gpu.cluster_generator(num_clusters=5)(TOPICS)
+    assert gpu.model.device.type == "cuda"
+    assert on_gpu["cluster_id"].tolist() == on_cpu["cluster_id"].tolist()
+    assert np.allclose(on_gpu["cluster_score"], on_cpu["cluster_score"], atol=1e-3)
+
+
+def test_ranker_same_scores_on_gpu(cpu_and_gpu):
+    cpu, gpu = cpu_and_gpu
+    on_cpu = (cpu.centroid_router(num_clusters=3) >> cpu.intra_cluster_ranker(num_results=10))(TOPICS)
+    on_gpu = (gpu.centroid_router(num_clusters=3) >> gpu.intra_cluster_ranker(num_results=10))(TOPICS)
+    assert gpu.resolved_device().type == "cuda"
+    assert on_gpu["docno"].tolist() == on_cpu["docno"].tolist()
+    assert np.allclose(on_gpu["score"], on_cpu["score"], atol=1e-3)
