@@ -1,7 +1,7 @@
 """``ClusterGenerator``: GDR's inter-cluster matching as a PyTerrier transformer.
 
 For each query the GDR model decodes the most probable cluster identifiers by beam
-search constrained to valid CIDs; the documents of those clusters become the candidates
+search constrained to valid CIDs. The documents of those clusters become the candidates
 that an :class:`~pyterrier_gdr.ranker.IntraClusterRanker` then scores.
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ The loss of each example (a query and one relevant document) is
 
 Document vectors stay frozen (they are the index's vectors). Training examples are the
 training questions with their relevant documents plus pseudo-queries from every passage.
-The same code runs on one CPU, one GPU, or ``accelerate launch`` across processes; it
-writes a checkpoint every ``checkpoint_every`` steps and resumes from the last one.
+The same code runs on one CPU, one GPU, or across processes under ``accelerate launch`` or
+``torchrun``. It writes a checkpoint every ``checkpoint_every`` steps and resumes from the last one.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class TrainingConfig:
         return cls(**values)
 
     def fingerprint(self) -> str:
-        """A short hash of the settings, naming checkpoints and caches."""
+        """Return a short hash of the settings, which names checkpoints and caches."""
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -196,7 +196,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     config = config or TrainingConfig()
     tree = index.tree
     codec = tree.codec()
-    # Some encoder parameters (e.g. BERT's pooler) take no part in the loss; DDP must be told to expect that.
+    # Some encoder parameters (e.g. BERT's pooler) take no part in the loss, so DDP must expect unused parameters.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available() or index.device == "cpu",
         mixed_precision=config.mixed_precision,
@@ -251,7 +251,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     last_loss = {}
     while counter.step < total_steps:
         # The examples of a step depend on the seed, the epoch and the step alone, so a resumed
-        # run sees exactly the batches, negatives and corruptions of an uninterrupted one.
+        # run trains on exactly the batches, negatives and corruptions of an uninterrupted one.
         rows = _batch_rows(len(queries), counter.step, steps_per_epoch, config, accelerator.process_index, accelerator.num_processes)
         step_seed = [config.seed, counter.step, accelerator.process_index]
         sampler = ClusterNegativeSampler(tree, num_negatives=config.cluster_negatives, seed=step_seed)
