@@ -50,8 +50,21 @@ def markdown_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str
     return "\n".join(lines)
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident memory (Linux: write 5 to /proc/self/clear_refs).
+
+    A child started by fork and exec otherwise inherits its parent's peak, as ``ru_maxrss`` does.
+    """
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as fout:
+        fout.write("5")
+
+
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process since the last :func:`reset_peak_rss`, in MiB (``VmHWM``)."""
+    with open("/proc/self/status", encoding="ascii") as fin:
+        for line in fin:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import command, machine, markdown_table, peak_rss_mib, run_isolated
+from _common import command, machine, markdown_table, peak_rss_mib, reset_peak_rss, run_isolated
 
 IVF_PROBES = 16
 METHODS = ("flat (pyterrier-dr)", "IVF (faiss via pyterrier-dr)", "GDR generator", "GDR centroid routing")
@@ -87,6 +87,7 @@ def build(work: Path, size: int) -> None:
 
 def worker(work: Path, size: int, method: str, num_queries: int) -> None:
     """Run one method in this (fresh) process and print its figures as JSON."""
+    reset_peak_rss()
     import pandas as pd
     import pyterrier as pt
     import pyterrier_dr
