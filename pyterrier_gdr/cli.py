@@ -58,7 +58,10 @@ def _add_documents(args: argparse.Namespace) -> int:
     docs = corpus
     if args.title_in_text:
         docs = ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus)
-    result = index.add_documents(docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized, count=corpus.count)
+    result = index.add_documents(
+        docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized,
+        update_centroids=not args.keep_centroids, count=corpus.count,
+    )
     print(f"added {result.added:,} documents in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
     if result.oversized_leaves:
         largest = max(result.oversized_leaves.values())
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--title-in-text", action="store_true", help="prefix each text with its title, as the experiment does with title_in_text")
     add.add_argument("--max-leaf-size", type=int, help="report leaves larger than this (default: twice the tree's leaf size)")
     add.add_argument("--split-oversized", action="store_true", help="re-cluster oversized leaves (changes CIDs: retrain the generator)")
+    add.add_argument("--keep-centroids", action="store_true", help="keep the build-time leaf centroids instead of recomputing those of the leaves that grew")
     add.add_argument("--quiet", action="store_true", help="hide progress bars")
     add.set_defaults(handler=_add_documents)
 

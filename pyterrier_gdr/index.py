@@ -406,11 +406,16 @@ class GDRIndex(pta.Artifact):
 
     # --- adding documents ---------------------------------------------------------------
 
-    def add_documents(self, docs: Iterable[dict], *, encoder=None, max_leaf_size: Optional[int] = None, split_oversized: bool = False, count: Optional[int] = None):
+    def add_documents(
+        self, docs: Iterable[dict], *, encoder=None, max_leaf_size: Optional[int] = None, split_oversized: bool = False,
+        update_centroids: bool = True, count: Optional[int] = None,
+    ):
         """Add documents without retraining: encode them and attach each to its nearest leaf.
 
         The existing vectors and docnos are not rewritten, the generator is untouched, and an
-        interrupted addition leaves the index as it was. Leaves that grow past
+        interrupted addition leaves the index as it was. The leaves that received documents
+        get their centroids recomputed as the mean of their members (unless
+        ``update_centroids`` is false). Leaves that grow past
         ``max_leaf_size`` (twice the tree's leaf size by default) are reported; with
         ``split_oversized`` they are re-clustered, which changes CIDs and so requires
         retraining the generator.
@@ -424,7 +429,10 @@ class GDRIndex(pta.Artifact):
         """
         from pyterrier_gdr.updates import add_documents
 
-        return add_documents(self, docs, encoder=encoder, max_leaf_size=max_leaf_size, split_oversized=split_oversized, count=count)
+        return add_documents(
+            self, docs, encoder=encoder, max_leaf_size=max_leaf_size, split_oversized=split_oversized,
+            update_centroids=update_centroids, count=count,
+        )
 
     # --- transformers -------------------------------------------------------------------
 

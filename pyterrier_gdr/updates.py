@@ -3,12 +3,18 @@
 New documents are encoded, their vectors and docnos appended after the existing ones
 (which are never rewritten), and each is attached to the leaf whose centroid is nearest.
 The generator is untouched: it still decodes the same CIDs, and the new documents become
-candidates wherever their leaf is generated.
+candidates wherever their leaf is generated. The centroids of the leaves that received
+documents are then recomputed as the mean of all their members, as k-means would, so the
+next addition and the :class:`~pyterrier_gdr.router.CentroidRouter` see where the leaves
+now lie (``update_centroids=False`` keeps the build-time centroids).
 
 Crash safety: the new rows are written past the committed end of ``vecs.f4`` and
 ``tree/doc_leaf.i4`` and into a new docno segment, and only the final atomic rewrite of
 ``pt_meta.json`` commits them. An interrupted addition leaves the index as it was; the
-next addition truncates the uncommitted tail.
+next addition truncates the uncommitted tail. The centroids are rewritten after that
+commit (atomically); ``pt_meta.json`` records up to which document they are current
+(``centroid_doc_count``), so centroids left stale by a crash at that point are refreshed by
+the next addition.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 from pyterrier_gdr._util import atomic_write_json
 from pyterrier_gdr.docnos import segment_name
 
-__all__ = ["AddResult", "add_documents", "split_oversized_leaves"]
+__all__ = ["AddResult", "add_documents", "refresh_centroids", "split_oversized_leaves"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ def add_documents(
     encoder=None,
     max_leaf_size: Optional[int] = None,
     split_oversized: bool = False,
+    update_centroids: bool = True,
     count: Optional[int] = None,
     verbose: Optional[bool] = None,
 ) -> AddResult:
@@ -76,6 +83,7 @@ def add_documents(
         max_leaf_size: leaves above this size are reported; twice the tree's ``leaf_size`` when omitted.
         split_oversized: re-cluster the oversized leaves into children. This changes CIDs,
             so the generator must be retrained afterwards (the index records that).
+        update_centroids: recompute the centroids of the leaves that received documents.
         count: the number of documents, for the progress bar.
 
     Returns:
@@ -99,6 +107,8 @@ def add_documents(
         encoder = DocumentEncoder(index.config["encoder"], device=index.device, verbose=verbose)
     meta = dict(index.meta)
     old_count, dim = meta["doc_count"], meta["vec_size"]
+    # Centroids are current up to this document; absent, they are the build's.
+    centroids_current_to = int(meta.get("centroid_doc_count", meta["docno_segments"][0]))
     max_leaf_size = max_leaf_size or 2 * index.tree.config.leaf_size
 
     # Write past the committed end: vectors, then docnos in a new segment.
@@ -139,6 +149,8 @@ def add_documents(
     meta["docno_segments"] = list(meta["docno_segments"]) + [added]
     atomic_write_json(index.path / "pt_meta.json", meta)
     index._reset_payload()
+    if update_centroids:
+        refresh_centroids(index, since=centroids_current_to)
 
     sizes = index.tree.leaf_sizes()
     oversized = {int(leaf): int(sizes[leaf]) for leaf in np.flatnonzero(sizes > max_leaf_size)}
@@ -159,6 +171,39 @@ def add_documents(
     result.seconds = time.perf_counter() - started
     logger.info("added %d documents to %s in %.1f s (%d leaves touched)", added, index.path, result.seconds, result.leaves_touched)
     return result
+
+
+def refresh_centroids(index, *, since: int = 0) -> int:
+    """Recompute the centroid of every leaf that holds a document numbered ``since`` or later.
+
+    Each such centroid becomes the mean of all the leaf's members (old and new), read from the
+    memory-mapped vectors; other leaves are not read. ``tree/leaf_centroids.f4`` is replaced
+    atomically, then ``pt_meta.json`` records ``centroid_doc_count``. Returns the number of
+    leaves recomputed.
+    """
+    tree = index.tree
+    doc_count = len(index)
+    touched = np.unique(tree.doc_leaf[since:doc_count])
+    if len(touched):
+        vectors = index.vectors
+        centroids = np.array(tree.leaf_centroids, dtype=np.float32, copy=True)
+        for leaf in touched:
+            members = np.sort(tree.leaf_members(int(leaf)))
+            centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
+        path = index.path / "tree" / "leaf_centroids.f4"
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fout:
+                fout.write(np.ascontiguousarray(centroids).tobytes())
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    atomic_write_json(index.path / "pt_meta.json", dict(index.meta, centroid_doc_count=doc_count))
+    index._reset_payload()
+    return len(touched)
 
 
 def split_oversized_leaves(index, leaves: List[int], *, verbose: bool = False) -> None:
@@ -195,7 +240,7 @@ def split_oversized_leaves(index, leaves: List[int], *, verbose: bool = False) -
         centroids[number] = np.asarray(vectors[np.sort(doc_ids)]).mean(axis=0)
     with atomic_directory(index.path / "tree", overwrite=True) as tmp:
         ClusterTree(leaf_codes, doc_leaf, centroids, config).save(tmp)
-    meta = dict(index.meta, num_leaves=len(new_leaves), model_stale=bool(index.meta.get("has_model")))
+    meta = dict(index.meta, num_leaves=len(new_leaves), centroid_doc_count=len(index), model_stale=bool(index.meta.get("has_model")))
     atomic_write_json(index.path / "pt_meta.json", meta)
     index._reset_payload()
     if meta["model_stale"]:

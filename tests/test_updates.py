@@ -50,12 +50,59 @@ def test_add_keeps_existing_files(index_copy, new_docs):
 
 def test_added_documents_join_nearest_leaf(index_copy, new_docs):
     old_count = len(index_copy)
+    centroids_before = index_copy.tree.leaf_centroids.copy()
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
     new_vectors = np.asarray(reopened.vectors[old_count:])
-    distances = ((new_vectors[:, None, :] - reopened.tree.leaf_centroids[None, :, :]) ** 2).sum(-1)
+    distances = ((new_vectors[:, None, :] - centroids_before[None, :, :]) ** 2).sum(-1)
     assert (reopened.tree.doc_leaf[old_count:] == distances.argmin(1)).all()
     assert list(reopened.docnos_of(np.arange(old_count, len(reopened)))) == [d["docno"] for d in new_docs]
+
+
+def assert_centroids_are_member_means(index, leaves):
+    for leaf in leaves:
+        members = index.tree.leaf_members(int(leaf))
+        np.testing.assert_allclose(index.tree.leaf_centroids[leaf], np.asarray(index.vectors[members]).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_touched_leaves_get_member_mean_centroids(index_copy, new_docs):
+    old_count = len(index_copy)
+    centroids_before = index_copy.tree.leaf_centroids.copy()
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    touched = np.unique(reopened.tree.doc_leaf[old_count:])
+    untouched = np.setdiff1d(np.arange(reopened.tree.num_leaves), touched)
+    assert_centroids_are_member_means(reopened, touched)
+    assert not np.array_equal(reopened.tree.leaf_centroids[touched], centroids_before[touched])
+    assert np.array_equal(reopened.tree.leaf_centroids[untouched], centroids_before[untouched])
+    assert reopened.meta["centroid_doc_count"] == len(reopened)
+
+
+def test_update_centroids_false_keeps_build_centroids(index_copy, new_docs):
+    centroids_before = index_copy.tree.leaf_centroids.copy()
+    index_copy.add_documents(new_docs, update_centroids=False)
+    assert np.array_equal(GDRIndex(index_copy.path).tree.leaf_centroids, centroids_before)
+
+
+def test_centroids_left_stale_by_crash_refreshed_next_time(index_copy, new_docs, monkeypatch):
+    import pyterrier_gdr.updates as updates
+
+    old_count = len(index_copy)
+    centroids_before = index_copy.tree.leaf_centroids.copy()
+
+    def crash(index, since=0):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(updates, "refresh_centroids", crash)
+    with pytest.raises(OSError, match="disk full"):
+        index_copy.add_documents(new_docs[:12])
+    monkeypatch.undo()
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert len(reopened) == old_count + 12  # the documents were committed before the crash
+    assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
+    reopened.add_documents(new_docs[12:])
+    assert_centroids_are_member_means(reopened, np.unique(reopened.tree.doc_leaf[old_count:]))
+    assert reopened.meta["centroid_doc_count"] == old_count + len(new_docs)
 
 
 def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
