@@ -1,14 +1,19 @@
-"""Adding 10% new documents vs rebuilding, on the bundled Wikipedia slice.
+"""Adding 10% new documents vs rebuilding, on a bundled set (the Wikipedia slice or SQuAD).
 
 Some articles are held out (about 10% of the passages). Path "add": build and train on the
-rest, then add the held-out passages with GDRIndex.add_documents (no retraining). Path
-"rebuild": build and train on everything. Both are scored on the real questions whose
-relevant passages lie in the held-out articles, by R@100 and answer accuracy@20, for
-GDR's generator and for centroid routing. The slice is small (4,857 passages, 130
-questions), so only a handful of questions fall on the held-out articles: read the
-recall figures as a sanity check, not a measurement.
+rest, then add the held-out passages with GDRIndex.add_documents (no retraining), once
+keeping the build-time leaf centroids and once recomputing those of the leaves that grew
+(the default). Path "rebuild": build and train on everything. All are scored on the real
+questions whose relevant passages lie in the held-out articles, by R@100 and answer
+accuracy@20, for GDR's generator and for centroid routing at 10 and 20 clusters.
 
-    python benchmarks/add_documents.py [--share 0.1] [--epochs 1] [--work /tmp/gdr-add]
+The Wikipedia slice (4,857 passages, 130 questions, no training questions) leaves only a
+handful of questions on the held-out articles, so one question moves R@100 by several
+points. On the SQuAD set (2,067 passages, 9,570 questions) about a thousand questions fall
+on the held-out articles: the add path trains on the training questions of the remaining
+articles only, the rebuild on all of them, and both are scored on the test questions.
+
+    python benchmarks/add_documents.py [--dataset wiki-slice|squad-dev] [--share 0.1] [--epochs 1] [--work DIR]
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from _common import command, machine, markdown_table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["wiki-slice", "squad-dev"], default="wiki-slice")
     parser.add_argument("--share", type=float, default=0.1, help="share of passages held out, taken as whole articles")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--pseudo-queries", type=int, default=3, help="pseudo-queries per passage")
@@ -43,62 +49,89 @@ def main() -> None:
     from pyterrier_gdr.measures import AnswerMeasures
     from pyterrier_gdr.training import TrainingConfig
 
-    corpus = load_corpus("irds:pyterrier-gdr/wiki-slice")
+    corpus = load_corpus(f"irds:pyterrier-gdr/{args.dataset}")
     docs = [{"docno": d["docno"], "title": d["title"], "text": f"{d['title']}. {d['text']}"} for d in corpus]
-    articles = sorted({d["docno"].split("-")[0] for d in docs})
+    articles = sorted({d["title"] for d in docs})
     rng = np.random.default_rng(args.seed)
     held_articles, held = set(), 0
     for article in rng.permutation(articles):
         if held >= args.share * len(docs):
             break
         held_articles.add(article)
-        held += sum(d["docno"].split("-")[0] == article for d in docs)
-    new = [d for d in docs if d["docno"].split("-")[0] in held_articles]
-    old = [d for d in docs if d["docno"].split("-")[0] not in held_articles]
-
-    questions = [load_questions("irds:pyterrier-gdr/wiki-slice/dev"), load_questions("irds:pyterrier-gdr/wiki-slice/test")]
-    topics = pd.concat([q.topics for q in questions], ignore_index=True)
-    qrels = pd.concat([q.qrels for q in questions], ignore_index=True)
-    answers = {k: v for q in questions for k, v in q.answers.items()}
+        held += sum(d["title"] == article for d in docs)
+    new = [d for d in docs if d["title"] in held_articles]
+    old = [d for d in docs if d["title"] not in held_articles]
     new_docnos = {d["docno"] for d in new}
-    on_new = set(qrels[qrels["docno"].isin(new_docnos)]["qid"])
-    topics = topics[topics["qid"].isin(on_new)].reset_index(drop=True)
-    qrels = qrels[qrels["qid"].isin(on_new)].reset_index(drop=True)
+
+    def on_new_documents(question_set, keep):
+        qrels = question_set.qrels
+        chosen = set(qrels[qrels["docno"].isin(new_docnos)]["qid"])
+        if not keep:
+            chosen = set(qrels["qid"]) - chosen
+        return (question_set.topics[question_set.topics["qid"].isin(chosen)].reset_index(drop=True),
+                qrels[qrels["qid"].isin(chosen)].reset_index(drop=True))
+
     empty = pd.DataFrame(columns=["qid", "query"]), pd.DataFrame(columns=["qid", "docno", "label"])
+    if args.dataset == "squad-dev":
+        evaluation = [load_questions("irds:pyterrier-gdr/squad-dev/test")]
+        train_all = load_questions("irds:pyterrier-gdr/squad-dev/train")
+        train_old = on_new_documents(train_all, keep=False)
+        train_all = (train_all.topics, train_all.qrels)
+    else:
+        evaluation = [load_questions("irds:pyterrier-gdr/wiki-slice/dev"), load_questions("irds:pyterrier-gdr/wiki-slice/test")]
+        train_old = train_all = empty
+    pairs = [on_new_documents(q, keep=True) for q in evaluation]
+    topics = pd.concat([t for t, _ in pairs], ignore_index=True)
+    qrels = pd.concat([r for _, r in pairs], ignore_index=True)
+    answers = {k: v for q in evaluation for k, v in q.answers.items()}
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     tree = ClusterTreeConfig(adaptive=True)
     training = TrainingConfig(epochs=args.epochs, pseudo_queries_per_doc=args.pseudo_queries, checkpoint_every=0, seed=args.seed)
 
-    def build_and_train(path, corpus_docs):
+    def build_and_train(path, corpus_docs, train):
         started = time.perf_counter()
         index = GDRIndex.build(path, corpus_docs, encoder=default_encoder_path(), tree=tree, verbose=False)
-        index.train(*empty, corpus=corpus_docs, config=training)
-        return GDRIndex(path, verbose=False), time.perf_counter() - started
+        index.train(*train, corpus=corpus_docs, config=training)
+        return time.perf_counter() - started
 
-    added, _ = build_and_train(work / "added.gdr", old)
-    started = time.perf_counter()
-    added.add_documents(new)
-    add_seconds = time.perf_counter() - started
-    rebuilt, rebuild_seconds = build_and_train(work / "rebuilt.gdr", docs)
+    def add(path, update_centroids):
+        shutil.copytree(work / "old.gdr", path)
+        started = time.perf_counter()
+        GDRIndex(path, verbose=False).add_documents(new, update_centroids=update_centroids)
+        return time.perf_counter() - started
+
+    build_and_train(work / "old.gdr", old, train_old)
+    paths = [
+        ("add, build-time centroids", work / "added-kept.gdr", add(work / "added-kept.gdr", False)),
+        ("add, centroids recomputed", work / "added.gdr", add(work / "added.gdr", True)),
+    ]
+    rebuild_seconds = build_and_train(work / "rebuilt.gdr", docs, train_all)
+    paths.append(("rebuild + retrain", work / "rebuilt.gdr", rebuild_seconds))
 
     measures = AnswerMeasures(answers, passage_text=corpus.texts)
     rows = []
-    for name, index, seconds in (("add (no retraining)", GDRIndex(work / "added.gdr", verbose=False), add_seconds), ("rebuild + retrain", rebuilt, rebuild_seconds)):
-        pipelines = [
-            index.cluster_generator(num_clusters=10) >> index.intra_cluster_ranker(num_results=100, alpha=0.0),
-            index.centroid_router(num_clusters=10) >> index.intra_cluster_ranker(num_results=100, alpha=0.0),
-        ]
-        table = pt.Experiment(pipelines, topics, qrels, [ir_measures.R @ 100, measures.accuracy(20)], names=["generator", "centroid"])
+    for name, path, seconds in paths:
+        index = GDRIndex(path, verbose=False)
+        pipelines, names = [], []
+        for clusters in (10, 20):
+            pipelines += [
+                index.cluster_generator(num_clusters=clusters) >> index.intra_cluster_ranker(num_results=100, alpha=0.0),
+                index.centroid_router(num_clusters=clusters) >> index.intra_cluster_ranker(num_results=100, alpha=0.0),
+            ]
+            names += [f"generator, {clusters} clusters", f"centroid, {clusters} clusters"]
+        table = pt.Experiment(pipelines, topics, qrels, [ir_measures.R @ 100, measures.accuracy(20)], names=names)
         for _, row in table.iterrows():
             rows.append({"path": name, "seconds": seconds, "share of rebuild": seconds / rebuild_seconds, "routing": row["name"],
                          "R@100 (new-document questions)": row["R@100"], "AnswerAcc@20": row["AnswerAcc@20"]})
 
     print(f"# Adding documents vs rebuilding\n\nMachine: {machine()}\n\nCommand: `{command()}`\n")
-    print(f"Wikipedia slice: {len(old):,} passages indexed first, {len(new):,} added ({len(held_articles)} held-out articles, "
-          f"{len(new) / len(docs):.1%}); {len(topics)} real questions have relevant passages among the added ones. "
-          f"Training: {args.epochs:g} epoch(s) of {args.pseudo_queries} pseudo-queries per passage (no training questions in the slice).\n")
+    source = f"{len(train_old[0]):,} training questions on the first passages ({len(train_all[0]):,} for the rebuild) and " if len(train_all[0]) else ""
+    print(f"{args.dataset}: {len(old):,} passages indexed first, {len(new):,} added ({len(held_articles)} held-out articles, "
+          f"{len(new) / len(docs):.1%}); {len(topics)} real questions have relevant passages among the added ones "
+          f"(one question moves R@100 by up to {100 / max(len(topics), 1):.1f} points). "
+          f"Training: {args.epochs:g} epoch(s) of {source}{args.pseudo_queries} pseudo-queries per passage.\n")
     print(markdown_table(rows, ["path", "seconds", "share of rebuild", "routing", "R@100 (new-document questions)", "AnswerAcc@20"]))
 
 
