@@ -107,7 +107,7 @@ def add_documents(
         encoder = DocumentEncoder(index.config["encoder"], device=index.device, verbose=verbose)
     meta = dict(index.meta)
     old_count, dim = meta["doc_count"], meta["vec_size"]
-    # Centroids are current up to this document; absent, they are the build's.
+    # The centroids are current up to this document number. Without the key, they are the build's.
     centroids_current_to = int(meta.get("centroid_doc_count", meta["docno_segments"][0]))
     max_leaf_size = max_leaf_size or 2 * index.tree.config.leaf_size
 
@@ -174,7 +174,7 @@ def add_documents(
 
 
 def refresh_centroids(index, *, since: int = 0) -> int:
-    """Recompute the centroid of every leaf that holds a document numbered ``since`` or later.
+    """Recompute the centroid of every leaf that contains a document numbered ``since`` or later.
 
     Each such centroid becomes the mean of all the leaf's members (old and new), read from the
     memory-mapped vectors; other leaves are not read. ``tree/leaf_centroids.f4`` is replaced

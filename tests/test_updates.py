@@ -84,7 +84,7 @@ def test_update_centroids_false_keeps_build_centroids(index_copy, new_docs):
     assert np.array_equal(GDRIndex(index_copy.path).tree.leaf_centroids, centroids_before)
 
 
-def test_centroids_left_stale_by_crash_refreshed_next_time(index_copy, new_docs, monkeypatch):
+def test_stale_centroids_refreshed_next_addition(index_copy, new_docs, monkeypatch):
     import pyterrier_gdr.updates as updates
 
     old_count = len(index_copy)
