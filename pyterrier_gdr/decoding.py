@@ -104,18 +104,22 @@ class CachedBertDecoder:
         bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device)
         bias = bias.masked_fill(memory_mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
         batch, hidden = memory.shape[0], memory.shape[2]
-        # Self-attention keys and values of every beam's tokens so far: (L, B * W, H) per layer.
+        # Self-attention keys and values, (L, B * W, H) per layer: row r at step t holds the token fed
+        # at step t by the beam then in row r. Beams never move their cache: `ancestry[t, r]` is
+        # the row whose step-t token the beam now in row r descends from, so a reorder rewrites
+        # that small table instead of copying the caches.
         cache_shape = (max_length, batch * width, hidden)
-        self_cache = [(memory.new_zeros(cache_shape), memory.new_zeros(cache_shape)) for _ in cross]
-        return {"cross": cross, "memory_bias": bias.transpose(1, 2), "self": self_cache, "width": width}
+        # Left uninitialised: a beam reads only rows its live ancestors wrote.
+        self_cache = [(memory.new_empty(cache_shape), memory.new_empty(cache_shape)) for _ in cross]
+        ancestry = torch.arange(batch * width, device=memory.device).expand(max_length, -1).clone()  # (L, B * W)
+        return {"cross": cross, "memory_bias": bias, "self": self_cache, "ancestry": ancestry, "width": width}
 
     def reorder(self, state: dict, source_beam: torch.Tensor, length: int) -> None:
         """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``); ``length`` steps are cached."""
         batch, width = source_beam.shape
         rows = (torch.arange(batch, device=source_beam.device)[:, None] * width + source_beam).view(-1)  # (B * W,)
-        for keys, values in state["self"]:
-            keys[:length] = keys[:length].index_select(1, rows)
-            values[:length] = values[:length].index_select(1, rows)
+        ancestry = state["ancestry"]
+        ancestry[:length] = ancestry[:length].index_select(1, rows)
 
     def step(self, tokens: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
         """Feed the ``(B, W)`` tokens of the ``live`` beams at ``position``; return their ``(n_live, vocab)`` logits.
@@ -130,26 +134,36 @@ class CachedBertDecoder:
         scale = self.head_dim ** -0.5
         batch, hidden = live.shape[0], x.shape[1]
         low, high = int(beams.min()), int(beams.max()) + 1
+        dense = len(beams) == batch * (high - low)  # every query has beams low..high live: no scatter needed
+        state["ancestry"][position, rows] = rows
+        steps = torch.arange(position + 1, device=x.device)[:, None]  # (t, 1)
+        sources = state["ancestry"][: position + 1, rows]  # (t, n) cache rows of each beam's tokens
         for i, layer in enumerate(self.bert.encoder.layer):
-            # Self-attention over this beam's tokens so far.
+            # Self-attention over this beam's tokens so far (at most a few, so elementwise products
+            # cost less than batched matrix products and their layout copies).
             query, key, value = torch.nn.functional.linear(x, *self.qkv[i]).split(hidden, dim=1)  # (n, H) each
             cached_keys, cached_values = state["self"][i]  # (L, B * W, H)
             cached_keys[position, rows] = key
             cached_values[position, rows] = value
-            keys = self._split(cached_keys[: position + 1, rows])  # (t, n, heads, d)
-            values = self._split(cached_values[: position + 1, rows])
-            weights = torch.softmax(torch.einsum("nhd,tnhd->nht", self._split(query), keys) * scale, dim=-1)
-            context = torch.einsum("nht,tnhd->nhd", weights, values).flatten(1)  # (n, H)
+            keys = self._split(cached_keys[steps, sources])  # (t, n, heads, d)
+            values = self._split(cached_values[steps, sources])
+            weights = torch.softmax((keys * self._split(query)).sum(-1) * scale, dim=0)  # (t, n, heads)
+            context = (weights[..., None] * values).sum(0).flatten(1)  # (n, H)
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
 
             # Cross-attention to the query's encoder states, shared by all its beams: the rows are laid
             # out (B, beams lo..hi) so one product serves every query without copying its keys per beam.
             attention = layer.crossattention.self
             cross_keys, cross_values = state["cross"][i]  # (B, heads, T, d)
-            query = x.new_zeros(batch, high - low, self.num_heads, self.head_dim)
-            query[queries, beams - low] = self._split(attention.query(x))
-            scores = torch.einsum("bwhd,bhtd->bwht", query, cross_keys) * scale + state["memory_bias"]
-            context = torch.einsum("bwht,bhtd->bwhd", torch.softmax(scores, dim=-1), cross_values)[queries, beams - low].flatten(1)  # (n, H)
+            if dense:
+                query = self._split(attention.query(x)).view(batch, high - low, self.num_heads, self.head_dim)
+            else:
+                query = x.new_zeros(batch, high - low, self.num_heads, self.head_dim)
+                query[queries, beams - low] = self._split(attention.query(x))
+            context = torch.nn.functional.scaled_dot_product_attention(
+                query.transpose(1, 2), cross_keys, cross_values, attn_mask=state["memory_bias"], scale=scale,
+            ).transpose(1, 2)  # (B, beams, heads, d)
+            context = context.reshape(len(x), hidden) if dense else context[queries, beams - low].flatten(1)  # (n, H)
             x = layer.crossattention.output.LayerNorm(layer.crossattention.output.dense(context) + x)
 
             # Feed-forward.
