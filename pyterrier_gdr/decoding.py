@@ -104,10 +104,10 @@ class CachedBertDecoder:
         bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device)
         bias = bias.masked_fill(memory_mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
         batch, hidden = memory.shape[0], memory.shape[2]
-        # Self-attention keys and values, (L, B * W, H) per layer: row r at step t holds the token fed
-        # at step t by the beam then in row r. Beams never move their cache: `ancestry[t, r]` is
-        # the row whose step-t token the beam now in row r descends from, so a reorder rewrites
-        # that small table instead of copying the caches.
+        # Self-attention keys and values, (L, B * W, H) per layer. Row r at step t contains the token
+        # fed at step t by the beam then in row r. The caches never move: `ancestry[t, r]` is the
+        # row of the step-t token that the beam now in row r descends from, so a reorder rewrites
+        # this small table instead of copying the caches.
         cache_shape = (max_length, batch * width, hidden)
         # Left uninitialised: a beam reads only rows its live ancestors wrote.
         self_cache = [(memory.new_empty(cache_shape), memory.new_empty(cache_shape)) for _ in cross]
@@ -134,7 +134,7 @@ class CachedBertDecoder:
         scale = self.head_dim ** -0.5
         batch, hidden = live.shape[0], x.shape[1]
         low, high = int(beams.min()), int(beams.max()) + 1
-        dense = len(beams) == batch * (high - low)  # every query has beams low..high live: no scatter needed
+        dense = len(beams) == batch * (high - low)  # every query has beams low..high live, so no scatter is needed
         state["ancestry"][position, rows] = rows
         steps = torch.arange(position + 1, device=x.device)[:, None]  # (t, 1)
         sources = state["ancestry"][: position + 1, rows]  # (t, n) cache rows of each beam's tokens
