@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Dict, List
 
@@ -57,6 +58,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         for name, run in result.runs.items():
             if {"docno", "score"} <= set(run.columns):
                 curves[name] = answer_accuracy_curve(run, answers)
+    if curves:
         figure, axis = plt.subplots(figsize=(7, 4.5))
         for name, curve in curves.items():
             axis.plot(np.arange(1, MAX_K + 1), curve, label=name, color=colors[name])
@@ -68,6 +70,28 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         axis.legend(fontsize=8)
         figure.tight_layout()
         path = output / "answer_accuracy.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        files.append(path)
+
+    # Reader pipelines: exact match and token F1 side by side.
+    reader_columns = [c for c in ("EM", "F1") if c in result.full_table.columns]
+    if reader_columns:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        names = list(result.full_table["name"])
+        width = 0.8 / len(reader_columns)
+        for i, column in enumerate(reader_columns):
+            values = result.full_table[column].astype(float)
+            positions = np.arange(len(names)) + (i - (len(reader_columns) - 1) / 2) * width
+            axis.bar(positions, values, width, label=column, color=f"C{i}")
+        axis.set_xticks(np.arange(len(names)))
+        axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+        axis.set_ylabel("score")
+        axis.set_title(caption, fontsize=9)
+        axis.grid(True, axis="y", alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = output / "answers.png"
         figure.savefig(path, dpi=120)
         plt.close(figure)
         files.append(path)
@@ -91,7 +115,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         axis.set_xlabel("documents scored per query (log scale)")
         axis.set_ylabel(measure)
         note = f"; not shown (cost not reported): {', '.join(skipped)}" if skipped else ""
-        axis.set_title(caption + note, fontsize=8)
+        axis.set_title(textwrap.fill(caption + note, 110), fontsize=8)
         axis.grid(True, which="both", alpha=0.3)
         figure.tight_layout()
         path = output / "cost.png"

@@ -65,6 +65,15 @@ def test_reader_experiment_scores_answers(experiment_folder):
     assert (table["F1"] >= table["EM"]).all()
 
 
+def test_reader_experiment_plots_answers(experiment_folder):
+    output = experiment_folder / "out"
+    if not (output / "results.csv").exists():
+        assert run(experiment_folder) == 0
+    # Reader runs rank no passages, so there is no top-k accuracy curve.
+    assert (output / "answers.png").stat().st_size > 0
+    assert not (output / "answer_accuracy.png").exists()
+
+
 def test_trained_reader_reused(experiment_folder):
     saved = sorted((experiment_folder / "cache" / "readers").glob("qst-*/pt_meta.json"))
     assert len(saved) == 1
