@@ -158,6 +158,12 @@ def write_report(result, config, scans: Dict[str, pd.DataFrame], answers, test, 
             path = output / "runs" / f"{_slug(name)}.res.gz"
             pt.io.write_results(run, str(path))
             files.append(path)
+        elif {"qid", "qanswer"} <= set(run.columns):
+            # Reader pipelines: one generated answer per question, as JSON lines.
+            path = output / "runs" / f"{_slug(name)}.answers.jsonl"
+            columns = [c for c in ("qid", "query", "qanswer") if c in run.columns]
+            run[columns].to_json(path, orient="records", lines=True, force_ascii=False)
+            files.append(path)
 
     files.extend(_plots(result, config, answers, test, resources, output))
     with open(output / "settings.json", "w", encoding="utf-8") as fout:

@@ -74,6 +74,15 @@ def test_reader_experiment_plots_answers(experiment_folder):
     assert not (output / "answer_accuracy.png").exists()
 
 
+def test_reader_experiment_saves_answers(experiment_folder):
+    output = experiment_folder / "out"
+    if not (output / "results.csv").exists():
+        assert run(experiment_folder) == 0
+    answers = pd.read_json(output / "runs" / "BM25_base.answers.jsonl", lines=True, dtype={"qid": str})
+    assert list(answers.columns) == ["qid", "query", "qanswer"]
+    assert sorted(answers["qid"]) == sorted(QUESTIONS["qid"].astype(str))
+
+
 def test_trained_reader_reused(experiment_folder):
     saved = sorted((experiment_folder / "cache" / "readers").glob("qst-*/pt_meta.json"))
     assert len(saved) == 1
