@@ -43,6 +43,16 @@ def answer_accuracy_curve(run: pd.DataFrame, answers: AnswerMeasures, *, max_k: 
     return np.array([(ranks < k).mean() for k in range(1, max_k + 1)])
 
 
+def _save(figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG at ``path``, close it, and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def _plots(result, config, answers, test, resources, output: Path) -> List[Path]:
     import matplotlib
 
@@ -68,11 +78,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         axis.set_title(caption, fontsize=9)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-        figure.tight_layout()
-        path = output / "answer_accuracy.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        files.append(path)
+        files.append(_save(figure, output / "answer_accuracy.png"))
 
     # Reader pipelines: exact match and token F1 side by side.
     reader_columns = [c for c in ("EM", "F1") if c in result.full_table.columns]
@@ -90,11 +96,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         axis.set_title(caption, fontsize=9)
         axis.grid(True, axis="y", alpha=0.3)
         axis.legend(fontsize=8)
-        figure.tight_layout()
-        path = output / "answers.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        files.append(path)
+        files.append(_save(figure, output / "answers.png"))
 
     # Accuracy per unit of work: the tuning measure against documents scored.
     measure = config.tune_measure
@@ -117,11 +119,7 @@ def _plots(result, config, answers, test, resources, output: Path) -> List[Path]
         note = f"; not shown (cost not reported): {', '.join(skipped)}" if skipped else ""
         axis.set_title(textwrap.fill(caption + note, 110), fontsize=8)
         axis.grid(True, which="both", alpha=0.3)
-        figure.tight_layout()
-        path = output / "cost.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        files.append(path)
+        files.append(_save(figure, output / "cost.png"))
     return files
 
 
