@@ -51,16 +51,19 @@ def markdown_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str
 
 
 def reset_peak_rss() -> None:
-    """Reset this process's peak resident memory (Linux: write 5 to /proc/self/clear_refs).
+    """Reset this process's peak resident memory (``VmHWM``) by writing 5 to /proc/self/clear_refs (Linux).
 
-    A child started by fork and exec otherwise inherits its parent's peak, as ``ru_maxrss`` does.
+    :func:`peak_rss_mib` then covers only what runs after this call.
     """
     with open("/proc/self/clear_refs", "w", encoding="ascii") as fout:
         fout.write("5")
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process since the last :func:`reset_peak_rss`, in MiB (``VmHWM``)."""
+    """Return this process's peak resident memory in MiB since the last :func:`reset_peak_rss` (``VmHWM``).
+
+    Without ``/proc`` it falls back to ``ru_maxrss``, which the reset does not clear.
+    """
     with open("/proc/self/status", encoding="ascii") as fin:
         for line in fin:
             if line.startswith("VmHWM:"):

@@ -139,8 +139,8 @@ class CachedBertDecoder:
         steps = torch.arange(position + 1, device=x.device)[:, None]  # (t, 1)
         sources = state["ancestry"][: position + 1, rows]  # (t, n) cache rows of each beam's tokens
         for i, layer in enumerate(self.bert.encoder.layer):
-            # Self-attention over this beam's tokens so far (at most a few, so elementwise products
-            # cost less than batched matrix products and their layout copies).
+            # Self-attention over this beam's tokens so far. There are at most max_depth + 1 of them, so
+            # elementwise products cost less than batched matrix products and their layout copies.
             query, key, value = torch.nn.functional.linear(x, *self.qkv[i]).split(hidden, dim=1)  # (n, H) each
             cached_keys, cached_values = state["self"][i]  # (L, B * W, H)
             cached_keys[position, rows] = key
