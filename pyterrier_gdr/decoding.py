@@ -61,13 +61,14 @@ class CachedBertDecoder:
     """Incremental decoding with the weights of the CID decoder (a ``transformers`` ``BertLMHeadModel``).
 
     ``transformers`` runs every beam through the decoder at every step and computes the
-    cross-attention keys and values for each beam. Here the cross-attention keys and values
-    are computed once per query and shared by its beams. Each step feeds one new token per
-    live beam: beams that hold no hypothesis (all but one at the first step, those beyond
-    the root's children at the second) cost nothing. Self-attention reads a cache of the
-    earlier tokens' keys and values. The arithmetic is BERT's (post-layer-norm, absolute
-    positions), so the logits equal the full forward pass of the same module, as the tests
-    check. Inference only: dropout is not applied.
+    cross-attention keys and values for each beam. Here the cross-attention is prepared once
+    per query and shared by its beams: for short queries the query and output projections
+    are folded into the query's keys and values (see :meth:`start`). Each step feeds one new
+    token per live beam: beams that hold no hypothesis (all but one at the first step, those
+    beyond the root's children at the second) cost nothing. Self-attention reads a cache of
+    the earlier tokens' keys and values. The arithmetic is BERT's (post-layer-norm, absolute
+    positions), so the logits equal the full forward pass of the same module up to rounding,
+    as the tests check. Inference only: dropout is not applied.
     """
 
     def __init__(self, decoder):
@@ -91,28 +92,55 @@ class CachedBertDecoder:
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim)  # (..., H) -> (..., heads, head_dim)
 
     def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, *, width: int, max_length: int) -> dict:
-        """Precompute the cross-attention keys and values of ``(B, T, H)`` encoder states, once per query.
+        """Precompute the cross-attention of ``(B, T, H)`` encoder states, once per query.
 
         ``width`` beams per query and ``max_length`` steps size the self-attention cache.
         """
+        batch, length, hidden = memory.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        scale = head_dim ** -0.5
+        # Wq and Wo fold into each query's keys and values: head h scores token t by x . (Wq_h^T k_ht) + bq_h . k_ht,
+        # and the output is the sum of p_ht (v_ht Wo_h^T), plus bo. This is cheaper while heads * T < hidden.
+        fold = heads * length <= hidden
         cross = []
         for layer in self.bert.encoder.layer:
-            attention = layer.crossattention.self
-            keys = self._split(attention.key(memory)).transpose(1, 2)  # (B, heads, T, d)
-            values = self._split(attention.value(memory)).transpose(1, 2)  # (B, heads, T, d)
-            cross.append((keys, values))
+            attention, output = layer.crossattention.self, layer.crossattention.output.dense
+            keys = attention.key(memory).view(batch, length, heads, head_dim)  # (B, T, heads, d)
+            values = attention.value(memory).view(batch, length, heads, head_dim)
+            if not fold:
+                cross.append((keys.transpose(1, 2), values.transpose(1, 2)))  # (B, heads, T, d) each
+                continue
+            query_weight = attention.query.weight.view(heads, head_dim, hidden)  # (heads, d, H)
+            score_weight = torch.einsum("hdi,bthd->biht", query_weight, keys).reshape(batch, hidden, heads * length) * scale
+            score_bias = torch.einsum("hd,bthd->bht", attention.query.bias.view(heads, head_dim), keys) * scale
+            output_weight = output.weight.view(hidden, heads, head_dim)  # (H, heads, d)
+            projected_values = torch.einsum("bthd,ohd->bhto", values, output_weight).reshape(batch, heads * length, hidden)
+            cross.append((score_weight, score_bias.reshape(batch, 1, heads * length), projected_values))
         bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device)
         bias = bias.masked_fill(memory_mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
-        batch, hidden = memory.shape[0], memory.shape[2]
-        # Self-attention keys and values, (L, B * W, H) per layer. Row r at step t contains the token
-        # fed at step t by the beam then in row r. The caches never move: `ancestry[t, r]` is the
-        # row of the step-t token that the beam now in row r descends from, so a reorder rewrites
-        # this small table instead of copying the caches.
-        cache_shape = (max_length, batch * width, hidden)
+        # Self-attention keys and values side by side, (L, B * W, 2H) per layer. The caches never move: `ancestry[t, r]`
+        # is the cache row of the step-t token of the beam now in row r, so a reorder rewrites only this small table.
+        cache_shape = (max_length, batch * width, 2 * hidden)
         # Left uninitialised: a beam reads only rows its live ancestors wrote.
-        self_cache = [(memory.new_empty(cache_shape), memory.new_empty(cache_shape)) for _ in cross]
+        self_cache = [memory.new_empty(cache_shape) for _ in cross]
         ancestry = torch.arange(batch * width, device=memory.device).expand(max_length, -1).clone()  # (L, B * W)
         return {"cross": cross, "memory_bias": bias, "self": self_cache, "ancestry": ancestry, "width": width}
+
+    def _cross_attention(self, layer, prepared: tuple, x: torch.Tensor, memory_bias: torch.Tensor) -> torch.Tensor:
+        """Return the cross-attention output (before the residual) of ``(B, beams, H)`` states ``x``."""
+        batch, beams, hidden = x.shape
+        output = layer.crossattention.output.dense
+        if len(prepared) == 3:  # folded projections
+            score_weight, score_bias, projected_values = prepared
+            scores = torch.baddbmm(score_bias, x, score_weight).view(batch, beams, self.num_heads, -1)  # (B, beams, heads, T)
+            weights = torch.softmax(scores + memory_bias, dim=-1).view(batch, beams, -1)
+            return torch.baddbmm(output.bias, weights, projected_values)
+        keys, values = prepared  # (B, heads, T, d)
+        query = self._split(layer.crossattention.self.query(x)).transpose(1, 2)  # (B, heads, beams, d)
+        context = torch.nn.functional.scaled_dot_product_attention(
+            query, keys, values, attn_mask=memory_bias, scale=self.head_dim ** -0.5,
+        )  # (B, heads, beams, d)
+        return output(context.transpose(1, 2).reshape(batch, beams, hidden))
 
     def reorder(self, state: dict, source_beam: torch.Tensor, length: int) -> None:
         """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``); ``length`` steps are cached."""
@@ -136,35 +164,40 @@ class CachedBertDecoder:
         low, high = int(beams.min()), int(beams.max()) + 1
         dense = len(beams) == batch * (high - low)  # every query has beams low..high live, so no scatter is needed
         state["ancestry"][position, rows] = rows
-        steps = torch.arange(position + 1, device=x.device)[:, None]  # (t, 1)
-        sources = state["ancestry"][: position + 1, rows]  # (t, n) cache rows of each beam's tokens
+        cache_rows = batch * state["width"]
+        # Flat cache rows of each beam's earlier tokens, (position * n,): step s of the beam in row r is
+        # row ancestry[s, r] of step s. The current token's key and value are used as computed.
+        steps = torch.arange(position, device=x.device)[:, None] * cache_rows  # (position, 1)
+        sources = (steps + state["ancestry"][:position, rows]).view(-1)  # (position * n,)
+        contiguous = dense and low == 0 and high == state["width"]  # rows is 0..B*W-1
         for i, layer in enumerate(self.bert.encoder.layer):
             # Self-attention over this beam's tokens so far. There are at most max_depth + 1 of them, so
             # elementwise products cost less than batched matrix products and their layout copies.
-            query, key, value = torch.nn.functional.linear(x, *self.qkv[i]).split(hidden, dim=1)  # (n, H) each
-            cached_keys, cached_values = state["self"][i]  # (L, B * W, H)
-            cached_keys[position, rows] = key
-            cached_values[position, rows] = value
-            keys = self._split(cached_keys[steps, sources])  # (t, n, heads, d)
-            values = self._split(cached_values[steps, sources])
-            weights = torch.softmax((keys * self._split(query)).sum(-1) * scale, dim=0)  # (t, n, heads)
-            context = (weights[..., None] * values).sum(0).flatten(1)  # (n, H)
+            query_key_value = torch.nn.functional.linear(x, *self.qkv[i])  # (n, 3H): query, key, value
+            query = query_key_value[:, :hidden].view(len(x), self.num_heads, self.head_dim)
+            current = query_key_value[:, hidden:].view(len(x), 2, self.num_heads, self.head_dim)  # key, value
+            cache = state["self"][i]  # (L, B * W, 2H)
+            if contiguous:
+                cache[position] = query_key_value[:, hidden:]
+            else:
+                cache[position].index_copy_(0, rows, query_key_value[:, hidden:])
+            earlier = cache.view(-1, 2 * hidden).index_select(0, sources).view(position, len(x), 2, self.num_heads, self.head_dim)
+            scores = torch.cat([(earlier[:, :, 0] * query).sum(-1), (current[:, 0] * query).sum(-1)[None]])  # (t, n, heads)
+            weights = torch.softmax(scores * scale, dim=0)
+            context = (weights[:-1, ..., None] * earlier[:, :, 1]).sum(0) + weights[-1, ..., None] * current[:, 1]
+            context = context.flatten(1)  # (n, H)
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
 
-            # Cross-attention to the query's encoder states, shared by all its beams: the rows are laid
-            # out (B, beams lo..hi) so one product serves every query without copying its keys per beam.
-            attention = layer.crossattention.self
-            cross_keys, cross_values = state["cross"][i]  # (B, heads, T, d)
+            # Cross-attention to the query's encoder states, shared by all its beams. The rows are laid out
+            # (B, beams lo..hi), so one batched product per query serves all its beams.
             if dense:
-                query = self._split(attention.query(x)).view(batch, high - low, self.num_heads, self.head_dim)
+                rows_by_query = x.view(batch, high - low, hidden)
             else:
-                query = x.new_zeros(batch, high - low, self.num_heads, self.head_dim)
-                query[queries, beams - low] = self._split(attention.query(x))
-            context = torch.nn.functional.scaled_dot_product_attention(
-                query.transpose(1, 2), cross_keys, cross_values, attn_mask=state["memory_bias"], scale=scale,
-            ).transpose(1, 2)  # (B, beams, heads, d)
-            context = context.reshape(len(x), hidden) if dense else context[queries, beams - low].flatten(1)  # (n, H)
-            x = layer.crossattention.output.LayerNorm(layer.crossattention.output.dense(context) + x)
+                rows_by_query = x.new_zeros(batch, high - low, hidden)
+                rows_by_query[queries, beams - low] = x
+            output = self._cross_attention(layer, state["cross"][i], rows_by_query, state["memory_bias"])  # (B, beams, H)
+            output = output.view(len(x), hidden) if dense else output[queries, beams - low]  # (n, H)
+            x = layer.crossattention.output.LayerNorm(output + x)
 
             # Feed-forward.
             hidden_states = self.activation(layer.intermediate.dense(x))

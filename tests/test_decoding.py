@@ -15,6 +15,9 @@ QUERIES = [
     "how many moons does mars have",
     "largest city in alaska",
 ]
+# One question longer than a decoder head has dimensions (16 in the test model), so the cross-attention
+# projections are not folded into the keys and values (see CachedBertDecoder.start).
+LONG_QUERIES = QUERIES[:2] + ["which of the two rivers that meet at the old stone bridge north of the town carries more water in spring"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,9 @@ def model(tree, encoder_path):
     return GDRModel(config, encoder, _new_decoder(config, 32), tokenizer).eval()
 
 
-def reference_leaves(model, tree, trie, beam):
+def reference_leaves(model, tree, trie, beam, queries=QUERIES):
     """Top clusters by transformers' generate with a per-step Python callback."""
-    tokens = model.tokenize(QUERIES)
+    tokens = model.tokenize(queries)
     output = model.seq2seq.generate(
         **tokens, num_beams=beam, num_return_sequences=beam, max_new_tokens=tree.max_depth + 1, do_sample=False,
         length_penalty=0.0, early_stopping=False, output_scores=True, return_dict_in_generate=True,
@@ -44,17 +47,17 @@ def reference_leaves(model, tree, trie, beam):
     )
     codec = tree.codec()
     leaf_of_code = {tree.leaf_code(leaf): leaf for leaf in range(tree.num_leaves)}
-    sequences = output.sequences.view(len(QUERIES), beam, -1)
+    sequences = output.sequences.view(len(queries), beam, -1)
     leaves = [[leaf_of_code.get(codec.decode(seq.tolist()[1:]), -1) for seq in row] for row in sequences]
-    return leaves, output.sequences_scores.view(len(QUERIES), beam)
+    return leaves, output.sequences_scores.view(len(queries), beam)
 
 
-@pytest.mark.parametrize("beam", [2, 4, 16])
-def test_matches_prefix_allowed_tokens_fn(model, tree, beam):
+@pytest.mark.parametrize("beam,queries", [(2, QUERIES), (4, QUERIES), (16, QUERIES), (4, LONG_QUERIES)])
+def test_matches_prefix_allowed_tokens_fn(model, tree, beam, queries):
     trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
-    tokens = model.tokenize(QUERIES)
+    tokens = model.tokenize(queries)
     leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam)
-    expected_leaves, expected_scores = reference_leaves(model, tree, trie, beam)
+    expected_leaves, expected_scores = reference_leaves(model, tree, trie, beam, queries)
     assert leaves.tolist() == expected_leaves
     assert torch.allclose(scores, expected_scores, atol=1e-4)
 
@@ -97,10 +100,13 @@ def test_allowed_tokens_follow_trie(tree):
     assert trie.allowed_tokens(prefix) == [1]
 
 
-def test_cached_steps_equal_full_forward(model, tree):
+@pytest.mark.parametrize("queries", [QUERIES[:3], LONG_QUERIES], ids=["folded", "unfolded"])
+def test_cached_steps_equal_full_forward(model, tree, queries):
     from pyterrier_gdr.decoding import CachedBertDecoder
 
-    tokens = model.tokenize(QUERIES[:3])
+    tokens = model.tokenize(queries)
+    heads = model.seq2seq.decoder.config.num_attention_heads
+    assert (heads * tokens["input_ids"].shape[1] <= 32) == (queries is not LONG_QUERIES)
     encoder_outputs = model.encode(**tokens)
     labels = torch.as_tensor(tree.leaf_tokens(np.array([0, 5, 9])))  # (3, L)
     decoder_inputs = torch.zeros_like(labels)
