@@ -60,7 +60,7 @@ def _add_documents(args: argparse.Namespace) -> int:
         docs = ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus)
     result = index.add_documents(
         docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized,
-        update_centroids=not args.keep_centroids, count=corpus.count,
+        centroids=args.centroids, count=corpus.count,
     )
     print(f"added {result.added:,} documents in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
     if result.oversized_leaves:
@@ -137,6 +137,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyterrier_gdr.updates import CENTROID_MODES
+
     parser = argparse.ArgumentParser(prog="pyterrier-gdr", description="Generative Dense Retrieval for PyTerrier")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -174,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--title-in-text", action="store_true", help="prefix each text with its title, as the experiment does with title_in_text")
     add.add_argument("--max-leaf-size", type=int, help="report leaves larger than this (default: twice the tree's leaf size)")
     add.add_argument("--split-oversized", action="store_true", help="re-cluster oversized leaves (changes CIDs: retrain the generator)")
-    add.add_argument("--keep-centroids", action="store_true", help="keep the build-time leaf centroids instead of recomputing those of the leaves that grew")
+    add.add_argument(
+        "--centroids", choices=CENTROID_MODES, default="added",
+        help="added: give each leaf that grew a second centroid for its added documents (default); "
+        "mean: recompute its centroid over all members; keep: leave the centroids as built",
+    )
     add.add_argument("--quiet", action="store_true", help="hide progress bars")
     add.set_defaults(handler=_add_documents)
 

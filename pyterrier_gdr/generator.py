@@ -88,12 +88,23 @@ class ClusterGenerator(pt.Transformer):
         num_clusters: clusters per query whose documents are returned.
         beam_size: beams of the constrained beam search; ``num_clusters`` when omitted.
         batch_size: queries decoded together.
+        added_clusters: also return, per query, up to this many leaves that were not decoded and
+            whose added centroids best match the query vector. A leaf's added centroid is the mean
+            of the documents added to it since the build (see
+            :meth:`~pyterrier_gdr.index.GDRIndex.add_documents`). The generator never saw those
+            documents, so this routes queries to them without retraining. Each such leaf gets
+            the query's lowest decoded ``cluster_score``.
         verbose: show progress over query batches.
     """
 
-    def __init__(self, index, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False, verbose: bool = False):
+    def __init__(
+        self, index, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
+        added_clusters: int = 0, verbose: bool = False,
+    ):
         if num_clusters < 1:
             raise ValueError(f"num_clusters={num_clusters} is invalid; it must be at least 1")
+        if added_clusters < 0:
+            raise ValueError(f"added_clusters={added_clusters} is invalid; it must be 0 (off) or more")
         if beam_size is not None and beam_size < num_clusters:
             raise ValueError(f"beam_size={beam_size} is smaller than num_clusters={num_clusters}; use beam_size >= num_clusters")
         self.index = index
@@ -101,12 +112,14 @@ class ClusterGenerator(pt.Transformer):
         self.beam_size = beam_size
         self.batch_size = batch_size
         self.cache = cache
+        self.added_clusters = added_clusters
         self.verbose = verbose
         self.work = WorkCounter()
         self._decoded = {}
 
     def __repr__(self) -> str:
-        return f"ClusterGenerator({self.index!r}, num_clusters={self.num_clusters}, beam_size={self.beam_size})"
+        added = f", added_clusters={self.added_clusters}" if self.added_clusters else ""
+        return f"ClusterGenerator({self.index!r}, num_clusters={self.num_clusters}, beam_size={self.beam_size}{added})"
 
     @property
     def effective_beam_size(self) -> int:
@@ -132,8 +145,33 @@ class ClusterGenerator(pt.Transformer):
         leaves = np.stack([lookup[(q, beam)][0][: self.num_clusters] for q in queries])
         scores = np.stack([lookup[(q, beam)][1][: self.num_clusters] for q in queries])
         vectors = np.stack([lookup[(q, beam)][2] for q in queries])
+        if self.added_clusters:
+            leaves, scores = self._with_added_clusters(leaves, scores, vectors)
         self.work.queries += len(topics)
         return expand_clusters(self.index, topics, leaves, scores, vectors)
+
+    def _with_added_clusters(self, leaves: np.ndarray, scores: np.ndarray, vectors: np.ndarray) -> tuple:
+        """Append to ``(B, C)`` decoded leaves and scores the best ``added_clusters`` leaves by added centroid."""
+        added_leaves, added_centroids = self.index.added_centroids()
+        if not len(added_leaves):
+            return leaves, scores
+        # Score = q . c - |c|^2 / 2 orders centroids by Euclidean distance ("l2"), as the router does.
+        matches = vectors.astype(np.float32) @ added_centroids.T  # (B, A)
+        if self.index.tree.config.assign_metric == "l2":
+            matches -= (added_centroids * added_centroids).sum(axis=1) / 2
+        order = np.argsort(-matches, axis=1, kind="stable")
+        width = leaves.shape[1] + self.added_clusters
+        all_leaves = np.full((len(leaves), width), -1, dtype=np.int64)
+        all_scores = np.full((len(leaves), width), -np.inf)
+        all_leaves[:, :leaves.shape[1]] = leaves
+        all_scores[:, :leaves.shape[1]] = scores
+        for i in range(len(leaves)):
+            decoded = set(leaves[i][leaves[i] >= 0].tolist())
+            extra = [leaf for leaf in added_leaves[order[i]].tolist() if leaf not in decoded][: self.added_clusters]
+            finite = scores[i][np.isfinite(scores[i])]
+            all_leaves[i, leaves.shape[1]:leaves.shape[1] + len(extra)] = extra
+            all_scores[i, leaves.shape[1]:leaves.shape[1] + len(extra)] = finite.min() if len(finite) else 0.0
+        return all_leaves, all_scores
 
     def _decode(self, queries: List[str], beam: int) -> dict:
         """Return ``{(query, beam): (leaves, scores, query_vector)}`` for ``queries``, decoded in batches."""

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyterrier as pt
@@ -76,6 +76,7 @@ class GDRIndex(pta.Artifact):
         self._tree = None
         self._model = None
         self._torch_trie = None
+        self._added_centroids = None
         self._base_encoder = None
 
     def __repr__(self) -> str:
@@ -403,22 +404,24 @@ class GDRIndex(pta.Artifact):
         self._tree = None
         self._model = None
         self._torch_trie = None
+        self._added_centroids = None
 
     # --- adding documents ---------------------------------------------------------------
 
     def add_documents(
         self, docs: Iterable[dict], *, encoder=None, max_leaf_size: Optional[int] = None, split_oversized: bool = False,
-        update_centroids: bool = True, count: Optional[int] = None,
+        centroids: str = "added", count: Optional[int] = None,
     ):
         """Add documents without retraining: encode them and attach each to its nearest leaf.
 
         The existing vectors and docnos are not rewritten, the generator is untouched, and an
-        interrupted addition leaves the index as it was. The leaves that received documents
-        get their centroids recomputed as the mean of their members (unless
-        ``update_centroids`` is false). Leaves that grow past
-        ``max_leaf_size`` (twice the tree's leaf size by default) are reported; with
-        ``split_oversized`` they are re-clustered, which changes CIDs and so requires
-        retraining the generator.
+        interrupted addition leaves the index as it was. By default (``centroids="added"``) each
+        leaf that received documents gets a second centroid, the mean of its added documents,
+        which centroid routing and ``cluster_generator(added_clusters=...)`` use to find them;
+        ``"mean"`` recomputes the leaf's centroid instead and ``"keep"`` leaves the centroids as
+        built (see :mod:`pyterrier_gdr.updates`). Leaves that grow past ``max_leaf_size`` (twice
+        the tree's leaf size by default) are reported; with ``split_oversized`` they are
+        re-clustered, which changes CIDs and so requires retraining the generator.
 
         Example::
 
@@ -431,12 +434,23 @@ class GDRIndex(pta.Artifact):
 
         return add_documents(
             self, docs, encoder=encoder, max_leaf_size=max_leaf_size, split_oversized=split_oversized,
-            update_centroids=update_centroids, count=count,
+            centroids=centroids, count=count,
         )
+
+    def added_centroids(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Return ``(leaves (A,), centroids (A, dim))``: the centroid of the documents added to each leaf since the build."""
+        if self._added_centroids is None:
+            from pyterrier_gdr.updates import read_added_centroids
+
+            self._added_centroids = read_added_centroids(self)
+        return self._added_centroids
 
     # --- transformers -------------------------------------------------------------------
 
-    def cluster_generator(self, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False, verbose: Optional[bool] = None):
+    def cluster_generator(
+        self, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
+        added_clusters: int = 0, verbose: Optional[bool] = None,
+    ):
         """Return the :class:`~pyterrier_gdr.generator.ClusterGenerator` of this index.
 
         Args:
@@ -444,12 +458,14 @@ class GDRIndex(pta.Artifact):
             beam_size: beams of the constrained search (at least ``num_clusters``; equal when omitted).
             cache: keep decoded queries in memory, so repeated runs (e.g. a grid search over the
                 ranker's ``alpha``) decode each query once.
+            added_clusters: also return up to this many leaves that received documents after the
+                build, those whose added centroids best match the query (see :meth:`add_documents`).
         """
         from pyterrier_gdr.generator import ClusterGenerator
 
         return ClusterGenerator(
             self, num_clusters=num_clusters, beam_size=beam_size, batch_size=batch_size, cache=cache,
-            verbose=self.verbose if verbose is None else verbose,
+            added_clusters=added_clusters, verbose=self.verbose if verbose is None else verbose,
         )
 
     def centroid_router(self, *, num_clusters: int = 10, batch_size: int = 64, temperature: float = 0.05, verbose: Optional[bool] = None):

@@ -6,6 +6,10 @@ generative model and nothing memorised. "Near" follows the tree's ``assign_metri
 ``q . c - |c|^2 / 2``, which orders centroids as Euclidean distance does, so a query equal
 to a document's vector routes to that document's leaf; for ``"ip"`` it is ``q . c``. At the same number of clusters, comparing
 ``router >> ranker`` with ``generator >> ranker`` isolates what the generator's memory adds.
+
+A leaf that received documents after the build (:meth:`~pyterrier_gdr.index.GDRIndex.add_documents`)
+may also have an added centroid, the mean of those documents; the leaf then scores the
+better of its two centroids.
 """
 from __future__ import annotations
 
@@ -65,9 +69,8 @@ class CentroidRouter(pt.Transformer):
         for start in pt.tqdm(batches, desc="CentroidRouter", unit="batch", disable=not self.verbose):
             batch = topics.iloc[start:start + self.batch_size].reset_index(drop=True)
             query_vectors = self.index.encode_queries(batch["query"].tolist())  # (B, dim) tensor
-            centroids, offsets = self._centroid_tensors(query_vectors.device)
             with torch.no_grad():
-                scores, leaves = (query_vectors @ centroids.T - offsets).topk(k, dim=1)  # (B, k)
+                scores, leaves = self.leaf_scores(query_vectors).topk(k, dim=1)  # (B, k)
             frames.append(
                 expand_clusters(
                     self.index, batch, leaves.cpu().numpy(), (scores / self.temperature).double().cpu().numpy(),
@@ -77,13 +80,31 @@ class CentroidRouter(pt.Transformer):
         self.work.queries += len(topics)
         return pd.concat(frames, ignore_index=True)
 
+    def leaf_scores(self, query_vectors: torch.Tensor) -> torch.Tensor:
+        """Return the ``(B, num_leaves)`` centroid scores of ``(B, dim)`` query vectors (the better of a leaf's centroids)."""
+        centroids, offsets, owners = self._centroid_tensors(query_vectors.device)
+        scores = query_vectors @ centroids.T - offsets  # (B, L + A)
+        if owners is None:
+            return scores
+        per_leaf = scores.new_full((len(scores), self.index.tree.num_leaves), float("-inf"))
+        return per_leaf.scatter_reduce(1, owners.expand(len(scores), -1), scores, reduce="amax")
+
     def _centroid_tensors(self, device) -> tuple:
-        """Return ``(centroids (L, dim), offsets (L,))`` with score = q . c - offset."""
+        """Return ``(centroids (L + A, dim), offsets (L + A,), owners)`` with score = q . c - offset.
+
+        The first L rows are the leaves' centroids and the other A rows their added centroids.
+        ``owners`` maps each row to its leaf, and is None when there are no added centroids.
+        """
         if self._centroids is None or self._centroids[0].device != device:
-            centroids = torch.as_tensor(np.asarray(self.index.tree.leaf_centroids), device=device)
+            added_leaves, added_centroids = self.index.added_centroids()
+            centroids = np.concatenate([np.asarray(self.index.tree.leaf_centroids, dtype=np.float32), added_centroids])
+            centroids = torch.as_tensor(centroids, device=device)
             if self.index.tree.config.assign_metric == "l2":
                 offsets = (centroids * centroids).sum(dim=1) / 2
             else:
                 offsets = torch.zeros(len(centroids), device=device)
-            self._centroids = (centroids, offsets)
+            owners = None
+            if len(added_leaves):
+                owners = torch.as_tensor(np.concatenate([np.arange(self.index.tree.num_leaves), added_leaves]), device=device)[None, :]
+            self._centroids = (centroids, offsets, owners)
         return self._centroids

@@ -3,10 +3,20 @@
 New documents are encoded, their vectors and docnos appended after the existing ones
 (which are never rewritten), and each is attached to the leaf whose centroid is nearest.
 The generator is untouched: it still decodes the same CIDs, and the new documents become
-candidates wherever their leaf is generated. The centroids of the leaves that received
-documents are then recomputed as the mean of all their members, as k-means would, so the
-next addition and the :class:`~pyterrier_gdr.router.CentroidRouter` see where the leaves
-now lie (``update_centroids=False`` keeps the build-time centroids).
+candidates wherever their leaf is generated.
+
+Then the centroids, by ``centroids=``:
+
+- ``"added"`` (the default): the build-time centroids stay, and each leaf that received
+  documents gets a second centroid, the mean of the documents added to it since the build
+  (``tree/added_centroids.npz``). :class:`~pyterrier_gdr.router.CentroidRouter` scores a leaf
+  by the nearer of its two centroids, and ``ClusterGenerator(added_clusters=m)`` adds the
+  ``m`` leaves whose added centroids best match the query to the clusters it decodes. Added
+  articles are often whole new topics: averaged into the old centroid they would be hidden,
+  while their own centroid finds them, and the old centroid still finds the old documents.
+- ``"mean"``: the centroid of each leaf that received documents becomes the mean of all its
+  members, as k-means would compute it.
+- ``"keep"``: the build-time centroids only.
 
 Crash safety: the new rows are written past the committed end of ``vecs.f4`` and
 ``tree/doc_leaf.i4`` and into a new docno segment, and only the final atomic rewrite of
@@ -31,7 +41,10 @@ import numpy as np
 from pyterrier_gdr._util import atomic_write_json
 from pyterrier_gdr.docnos import segment_name
 
-__all__ = ["AddResult", "add_documents", "refresh_centroids", "split_oversized_leaves"]
+__all__ = ["AddResult", "CENTROID_MODES", "add_documents", "read_added_centroids", "refresh_centroids", "split_oversized_leaves"]
+
+CENTROID_MODES = ("added", "mean", "keep")
+ADDED_CENTROIDS = "added_centroids.npz"  # in the index's tree/ directory
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +83,7 @@ def add_documents(
     encoder=None,
     max_leaf_size: Optional[int] = None,
     split_oversized: bool = False,
-    update_centroids: bool = True,
+    centroids: str = "added",
     count: Optional[int] = None,
     verbose: Optional[bool] = None,
 ) -> AddResult:
@@ -83,19 +96,24 @@ def add_documents(
         max_leaf_size: leaves above this size are reported; twice the tree's ``leaf_size`` when omitted.
         split_oversized: re-cluster the oversized leaves into children. This changes CIDs,
             so the generator must be retrained afterwards (the index records that).
-        update_centroids: recompute the centroids of the leaves that received documents.
+        centroids: ``"added"`` (a second centroid per leaf for its added documents), ``"mean"``
+            (recompute the centroids of the leaves that received documents) or ``"keep"``; see
+            the module docstring.
         count: the number of documents, for the progress bar.
 
     Returns:
         An :class:`AddResult`.
 
     Raises:
-        ValueError: if ``docs`` is empty, or a docno is already in the index or repeated.
+        ValueError: if ``docs`` is empty, a docno is already in the index or repeated, or
+            ``centroids`` is not one of :data:`CENTROID_MODES`.
     """
     from npids import Lookup
 
     from pyterrier_gdr.encoding import DocumentEncoder
 
+    if centroids not in CENTROID_MODES:
+        raise ValueError(f"centroids={centroids!r} is invalid; valid: {', '.join(map(repr, CENTROID_MODES))}")
     verbose = index.verbose if verbose is None else verbose
     started = time.perf_counter()
     iterator = iter(docs)
@@ -149,8 +167,7 @@ def add_documents(
     meta["docno_segments"] = list(meta["docno_segments"]) + [added]
     atomic_write_json(index.path / "pt_meta.json", meta)
     index._reset_payload()
-    if update_centroids:
-        refresh_centroids(index, since=centroids_current_to)
+    refresh_centroids(index, since=centroids_current_to, mode=centroids)
 
     sizes = index.tree.leaf_sizes()
     oversized = {int(leaf): int(sizes[leaf]) for leaf in np.flatnonzero(sizes > max_leaf_size)}
@@ -173,34 +190,77 @@ def add_documents(
     return result
 
 
-def refresh_centroids(index, *, since: int = 0) -> int:
-    """Recompute the centroid of every leaf that contains a document numbered ``since`` or later.
+def _base_count(index) -> int:
+    """Return the number of documents the build-time centroids were computed from; later ones count as added."""
+    meta = index.meta
+    return int(meta.get("centroid_base_count", meta["docno_segments"][0]))
 
-    Each such centroid becomes the mean of all the leaf's members (old and new), read from the
-    memory-mapped vectors; other leaves are not read. ``tree/leaf_centroids.f4`` is replaced
-    atomically, then ``pt_meta.json`` records ``centroid_doc_count``. Returns the number of
-    leaves recomputed.
+
+def read_added_centroids(index):
+    """Return ``(leaves (A,) int64, centroids (A, dim) float32)``, the added centroid of each leaf that has one."""
+    path = index.path / "tree" / ADDED_CENTROIDS
+    if not path.exists():
+        return np.empty(0, dtype=np.int64), np.empty((0, index.meta["vec_size"]), dtype=np.float32)
+    with np.load(path) as data:
+        return data["leaves"].astype(np.int64), data["centroids"].astype(np.float32)
+
+
+def _replace_file(path, write) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, then move it into place atomically."""
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fout:
+            write(fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def refresh_centroids(index, *, since: int = 0, mode: str = "added") -> int:
+    """Update the centroids of every leaf that contains a document numbered ``since`` or later.
+
+    ``mode`` is one of :data:`CENTROID_MODES` (see the module docstring):
+
+    - ``"added"``: the leaf's added centroid becomes the mean of its members added since the build;
+    - ``"mean"``: the leaf's centroid becomes the mean of all its members, and its added
+      centroid is dropped, because that mean covers the added members too;
+    - ``"keep"``: no centroid changes.
+
+    Only those leaves' vectors are read, from the memory-mapped file. Each centroid file is
+    replaced atomically, then ``pt_meta.json`` records ``centroid_doc_count``.
+
+    Returns:
+        The number of leaves updated.
     """
     tree = index.tree
     doc_count = len(index)
-    touched = np.unique(tree.doc_leaf[since:doc_count])
+    touched = np.unique(tree.doc_leaf[since:doc_count]) if mode != "keep" else np.empty(0, dtype=np.int64)
     if len(touched):
         vectors = index.vectors
-        centroids = np.array(tree.leaf_centroids, dtype=np.float32, copy=True)
-        for leaf in touched:
-            members = np.sort(tree.leaf_members(int(leaf)))
-            centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
-        path = index.path / "tree" / "leaf_centroids.f4"
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fout:
-                fout.write(np.ascontiguousarray(centroids).tobytes())
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        added_leaves, added_centroids = read_added_centroids(index)
+        if mode == "mean":
+            centroids = np.array(tree.leaf_centroids, dtype=np.float32, copy=True)
+            for leaf in touched:
+                members = np.sort(tree.leaf_members(int(leaf)))
+                centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
+            _replace_file(index.path / "tree" / "leaf_centroids.f4", lambda fout: fout.write(np.ascontiguousarray(centroids).tobytes()))
+            keep = ~np.isin(added_leaves, touched)
+            added = dict(zip(added_leaves[keep].tolist(), added_centroids[keep]))
+        else:
+            base = _base_count(index)
+            added = dict(zip(added_leaves.tolist(), added_centroids))
+            for leaf in touched:
+                members = tree.leaf_members(int(leaf))
+                recent = np.sort(members[members >= base])
+                if len(recent):
+                    added[int(leaf)] = np.asarray(vectors[recent], dtype=np.float32).mean(axis=0)
+        if len(added) or len(added_leaves):
+            leaves = np.array(sorted(added), dtype=np.int64)
+            stacked = np.stack([added[leaf] for leaf in leaves.tolist()]) if len(leaves) else added_centroids[:0]
+            _replace_file(index.path / "tree" / ADDED_CENTROIDS, lambda fout: np.savez(fout, leaves=leaves, centroids=stacked))
     atomic_write_json(index.path / "pt_meta.json", dict(index.meta, centroid_doc_count=doc_count))
     index._reset_payload()
     return len(touched)
@@ -240,7 +300,11 @@ def split_oversized_leaves(index, leaves: List[int], *, verbose: bool = False) -
         centroids[number] = np.asarray(vectors[np.sort(doc_ids)]).mean(axis=0)
     with atomic_directory(index.path / "tree", overwrite=True) as tmp:
         ClusterTree(leaf_codes, doc_leaf, centroids, config).save(tmp)
-    meta = dict(index.meta, num_leaves=len(new_leaves), centroid_doc_count=len(index), model_stale=bool(index.meta.get("has_model")))
+    # Every centroid is now the mean of all its leaf's members, so no document counts as added.
+    meta = dict(
+        index.meta, num_leaves=len(new_leaves), centroid_doc_count=len(index), centroid_base_count=len(index),
+        model_stale=bool(index.meta.get("has_model")),
+    )
     atomic_write_json(index.path / "pt_meta.json", meta)
     index._reset_payload()
     if meta["model_stale"]:

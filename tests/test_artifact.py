@@ -52,3 +52,31 @@ def test_artifact_metadata(trained_index):
     meta = json.loads((trained_index.path / "pt_meta.json").read_text())
     assert (meta["type"], meta["format"], meta["package_hint"]) == ("gdr_index", "gdr", "pyterrier-gdr")
     assert meta["format_version"] == 1
+
+
+def test_package_round_trip_keeps_added_documents(trained_index, squad_slice, tmp_path, monkeypatch, loopback_server):
+    import shutil
+
+    import numpy as np
+
+    from pyterrier_gdr.datasets import load_corpus
+
+    monkeypatch.setenv("PYTERRIER_HOME", str(tmp_path / "pyterrier-home"))
+    known = {d["docno"] for d in squad_slice[0]}
+    new_docs = [{"docno": d["docno"], "text": d["text"]} for d in load_corpus("irds:pyterrier-gdr/squad-dev") if d["docno"] not in known][:8]
+    shutil.copytree(trained_index.path, tmp_path / "grown.gdr")
+    grown = GDRIndex(tmp_path / "grown.gdr", verbose=False)
+    grown.add_documents(new_docs)
+    folder, base_url = loopback_server
+    grown.build_package(str(folder / "grown.tar.lz4"), verbose=False)
+    loaded = GDRIndex.from_url(f"{base_url}/grown.tar.lz4")
+    assert len(loaded) == len(grown)
+    for mine, theirs in zip(grown.added_centroids(), loaded.added_centroids()):
+        assert np.array_equal(mine, theirs)
+
+    def routed(index):
+        generator = index.cluster_generator(num_clusters=2, added_clusters=2) >> index.intra_cluster_ranker(num_results=10)
+        router = index.centroid_router(num_clusters=3) >> index.intra_cluster_ranker(num_results=10)
+        return generator(TOPICS)["docno"].tolist(), router(TOPICS)["docno"].tolist()
+
+    assert routed(loaded) == routed(grown)

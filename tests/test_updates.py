@@ -65,32 +65,83 @@ def assert_centroids_are_member_means(index, leaves):
         np.testing.assert_allclose(index.tree.leaf_centroids[leaf], np.asarray(index.vectors[members]).mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_touched_leaves_get_member_mean_centroids(index_copy, new_docs):
+def assert_added_centroids_are_added_means(index, base_count):
+    leaves, centroids = index.added_centroids()
+    touched = np.unique(index.tree.doc_leaf[base_count:])
+    assert leaves.tolist() == touched.tolist()
+    for leaf, centroid in zip(leaves, centroids):
+        members = index.tree.leaf_members(int(leaf))
+        added = np.sort(members[members >= base_count])
+        np.testing.assert_allclose(centroid, np.asarray(index.vectors[added]).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_touched_leaves_get_added_centroids(index_copy, new_docs):
     old_count = len(index_copy)
     centroids_before = index_copy.tree.leaf_centroids.copy()
+    assert len(index_copy.added_centroids()[0]) == 0
     index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
+    assert_added_centroids_are_added_means(reopened, old_count)
+    assert reopened.meta["centroid_doc_count"] == len(reopened)
+
+
+def test_second_addition_updates_added_centroids(index_copy, new_docs):
+    old_count = len(index_copy)
+    index_copy.add_documents(new_docs[:12])
+    first_leaves = index_copy.added_centroids()[0]
+    index_copy.add_documents(new_docs[12:])
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert set(first_leaves.tolist()) <= set(reopened.added_centroids()[0].tolist())
+    assert_added_centroids_are_added_means(reopened, old_count)
+
+
+def test_mean_centroids_of_touched_leaves(index_copy, new_docs):
+    old_count = len(index_copy)
+    centroids_before = index_copy.tree.leaf_centroids.copy()
+    index_copy.add_documents(new_docs, centroids="mean")
     reopened = GDRIndex(index_copy.path, verbose=False)
     touched = np.unique(reopened.tree.doc_leaf[old_count:])
     untouched = np.setdiff1d(np.arange(reopened.tree.num_leaves), touched)
     assert_centroids_are_member_means(reopened, touched)
     assert not np.array_equal(reopened.tree.leaf_centroids[touched], centroids_before[touched])
     assert np.array_equal(reopened.tree.leaf_centroids[untouched], centroids_before[untouched])
-    assert reopened.meta["centroid_doc_count"] == len(reopened)
+    assert len(reopened.added_centroids()[0]) == 0
 
 
-def test_update_centroids_false_keeps_build_centroids(index_copy, new_docs):
+def test_mean_mode_drops_added_centroids_it_covers(index_copy, new_docs):
+    old_count = len(index_copy)
+    index_copy.add_documents(new_docs[:12])
+    index_copy.add_documents(new_docs[12:], centroids="mean")
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    recomputed = set(np.unique(reopened.tree.doc_leaf[old_count + 12:]).tolist())
+    first = set(np.unique(reopened.tree.doc_leaf[old_count:old_count + 12]).tolist())
+    leaves = set(reopened.added_centroids()[0].tolist())
+    assert not leaves & recomputed
+    assert leaves == first - recomputed
+
+
+def test_keep_mode_changes_no_centroid(index_copy, new_docs):
     centroids_before = index_copy.tree.leaf_centroids.copy()
-    index_copy.add_documents(new_docs, update_centroids=False)
-    assert np.array_equal(GDRIndex(index_copy.path).tree.leaf_centroids, centroids_before)
+    index_copy.add_documents(new_docs, centroids="keep")
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
+    assert len(reopened.added_centroids()[0]) == 0
+
+
+def test_unknown_centroid_mode_rejected(index_copy, new_docs):
+    before = len(index_copy)
+    with pytest.raises(ValueError, match="centroids='average' is invalid; valid: 'added', 'mean', 'keep'"):
+        index_copy.add_documents(new_docs, centroids="average")
+    assert len(GDRIndex(index_copy.path)) == before
 
 
 def test_stale_centroids_refreshed_next_addition(index_copy, new_docs, monkeypatch):
     import pyterrier_gdr.updates as updates
 
     old_count = len(index_copy)
-    centroids_before = index_copy.tree.leaf_centroids.copy()
 
-    def crash(index, since=0):
+    def crash(index, since=0, mode="added"):
         raise OSError("disk full")
 
     monkeypatch.setattr(updates, "refresh_centroids", crash)
@@ -99,10 +150,27 @@ def test_stale_centroids_refreshed_next_addition(index_copy, new_docs, monkeypat
     monkeypatch.undo()
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert len(reopened) == old_count + 12  # the documents were committed before the crash
-    assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
+    assert len(reopened.added_centroids()[0]) == 0
     reopened.add_documents(new_docs[12:])
-    assert_centroids_are_member_means(reopened, np.unique(reopened.tree.doc_leaf[old_count:]))
+    assert_added_centroids_are_added_means(reopened, old_count)
     assert reopened.meta["centroid_doc_count"] == old_count + len(new_docs)
+
+
+def test_router_scores_leaf_by_nearer_centroid(index_copy, new_docs):
+    import torch
+
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    leaves, centroids = reopened.added_centroids()
+    scores = reopened.centroid_router().leaf_scores(torch.as_tensor(centroids[:1]))[0]
+    # "l2" scores are q . c - |c|^2 / 2: a query at the added centroid scores its leaf |c|^2 / 2.
+    query = torch.as_tensor(centroids[0])
+    assert scores[leaves[0]].item() == pytest.approx(float(query @ query / 2), rel=1e-5)
+    tree_centroids = torch.as_tensor(np.asarray(reopened.tree.leaf_centroids))
+    plain = tree_centroids @ query - (tree_centroids * tree_centroids).sum(1) / 2
+    untouched = np.setdiff1d(np.arange(reopened.tree.num_leaves), leaves)
+    assert torch.allclose(scores[untouched], plain[untouched])
+    assert (scores >= plain - 1e-6).all()
 
 
 def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
@@ -182,6 +250,9 @@ def test_split_oversized_marks_model_stale(index_copy, new_docs):
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert reopened.tree.leaf_sizes().max() <= max(3, reopened.tree.config.leaf_size)
     assert reopened.tree.leaf_sizes().sum() == len(reopened)
+    # Every centroid is now a mean over all its members: no added centroids, no document counted as added.
+    assert len(reopened.added_centroids()[0]) == 0
+    assert reopened.meta["centroid_base_count"] == len(reopened)
     topics = pd.DataFrame({"qid": ["1"], "query": ["Super Bowl"]})
     with pytest.raises(ValueError, match="retrain it"):
         reopened.cluster_generator()(topics)
@@ -193,3 +264,50 @@ def test_cli_add_documents(index_copy, new_docs, squad_slice, tmp_path, write_js
     assert main(["add-documents", str(index_copy.path), str(path), "--quiet"]) == 0
     assert "added 6 documents" in capsys.readouterr().out
     assert len(GDRIndex(index_copy.path)) == len(squad_slice[0]) + 6
+    assert len(GDRIndex(index_copy.path).added_centroids()[0]) > 0
+
+
+def test_cli_add_documents_mean_centroids(index_copy, new_docs, tmp_path, write_jsonl):
+    path = write_jsonl(tmp_path / "new.jsonl", new_docs[:6])
+    old_count = len(index_copy)
+    assert main(["add-documents", str(index_copy.path), str(path), "--centroids", "mean", "--quiet"]) == 0
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert len(reopened.added_centroids()[0]) == 0
+    assert_centroids_are_member_means(reopened, np.unique(reopened.tree.doc_leaf[old_count:]))
+
+
+def test_generator_adds_added_clusters(index_copy, new_docs):
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    added_leaves = set(reopened.added_centroids()[0].tolist())
+    topics = pd.DataFrame({"qid": ["1", "2"], "query": [new_docs[0]["text"], "Super Bowl"]})
+    plain = reopened.cluster_generator(num_clusters=2)(topics)
+    extended = reopened.cluster_generator(num_clusters=2, added_clusters=3)(topics)
+    for qid, rows in extended.groupby("qid"):
+        decoded = plain[plain["qid"] == qid]
+        clusters = rows.drop_duplicates("cluster_id")
+        extra = clusters[~clusters["cluster_id"].isin(decoded["cluster_id"])]
+        assert len(clusters) == decoded["cluster_id"].nunique() + 3
+        assert set(extra["cluster_id"]) <= added_leaves
+        assert (extra["cluster_score"] == decoded["cluster_score"].min()).all()
+        assert (extra["cluster_rank"] >= 2).all()
+        # The decoded clusters come first, unchanged.
+        pd.testing.assert_frame_equal(rows.head(len(decoded)).reset_index(drop=True), decoded.reset_index(drop=True))
+
+
+def test_generator_added_clusters_picks_nearest(index_copy, new_docs):
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    leaves, centroids = reopened.added_centroids()
+    topics = pd.DataFrame({"qid": ["1"], "query": [new_docs[5]["text"]]})
+    extended = reopened.cluster_generator(num_clusters=1, added_clusters=1)(topics)
+    decoded = extended[extended["cluster_rank"] == 0]["cluster_id"].iloc[0]
+    vector = extended["query_vec"].iloc[0]
+    scores = centroids @ vector - (centroids * centroids).sum(1) / 2
+    best = [leaf for leaf in leaves[np.argsort(-scores)] if leaf != decoded][0]
+    assert extended[extended["cluster_rank"] == 1]["cluster_id"].iloc[0] == best
+
+
+def test_generator_added_clusters_rejects_negative(index_copy):
+    with pytest.raises(ValueError, match="added_clusters=-1 is invalid"):
+        index_copy.cluster_generator(added_clusters=-1)

@@ -154,7 +154,8 @@ class ExperimentResources:
             return self.bi_encoder().query_encoder() >> self.flex_index().np_retriever(num_results=int(settings["num_results"]))
         if name == "generator":
             return self.gdr_index().cluster_generator(
-                num_clusters=int(settings["num_clusters"]), beam_size=settings["beam_size"], cache=cache, verbose=False
+                num_clusters=int(settings["num_clusters"]), beam_size=settings["beam_size"],
+                added_clusters=int(settings["added_clusters"]), cache=cache, verbose=False,
             )
         if name == "centroid":
             return self.gdr_index().centroid_router(num_clusters=int(settings["num_clusters"]), verbose=False)
