@@ -109,7 +109,7 @@ def test_mean_centroids_of_touched_leaves(index_copy, new_docs):
     assert len(reopened.added_centroids()[0]) == 0
 
 
-def test_mean_mode_drops_added_centroids_it_covers(index_copy, new_docs):
+def test_mean_mode_drops_covered_centroids(index_copy, new_docs):
     old_count = len(index_copy)
     index_copy.add_documents(new_docs[:12])
     index_copy.add_documents(new_docs[12:], centroids="mean")
