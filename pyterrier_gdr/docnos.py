@@ -6,17 +6,62 @@ rewritten, so adding documents costs only the new docnos.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Sequence
+from typing import Iterator, List, Sequence
 
 import numpy as np
 
-__all__ = ["SegmentedDocnos", "segment_name"]
+__all__ = ["SegmentedDocnos", "segment_builder", "segment_name"]
+
+# npids 0.1 cannot write a file of one docno (ZeroDivisionError), so a one-docno segment also
+# stores this key after its docno. Lookups ignore rows past a segment's count.
+_PADDING_KEY = "\x00pyterrier-gdr-padding"
 
 
 def segment_name(number: int) -> str:
     """Return the file name of docno segment ``number`` (0 is the build's)."""
     return "docnos.npids" if number == 0 else f"docnos.{number}.npids"
+
+
+@contextmanager
+def segment_builder(path: Path) -> Iterator:
+    """Open an npids builder for a docno segment at ``path``; yield an object with ``add(docno)``."""
+    from npids import Lookup
+
+    added = [0]
+    with Lookup.builder(path) as builder:
+
+        class Counting:
+            def add(self, docno) -> None:
+                builder.add(docno)
+                added[0] += 1
+
+        yield Counting()
+        if added[0] == 1:
+            builder.add(_PADDING_KEY)
+
+
+def _int_sequence_rows(lookup, keys: np.ndarray) -> np.ndarray:
+    """Return the rows of ``keys`` in the numbered blocks of ``lookup`` (-1 elsewhere).
+
+    npids 0.1 stores docnos such as ``doc-001, doc-002, ...`` as numbered blocks, and its
+    inverse lookup misses the keys of a block whose number reaches the block's length (always
+    the last key of a block that starts at 1). This recomputes those rows from the blocks'
+    prefix, start and length; the caller checks each row against the forward lookup.
+    """
+    result = np.full(len(keys), -1, dtype=np.int64)
+    blocks = zip(getattr(lookup.fwd, "codecs", ()), getattr(lookup.fwd, "offsets", ()))
+    for block, offset in blocks:
+        fmt = block.fmt
+        if type(fmt).__name__ not in ("FwdIntSequence", "FwdIntSequencePad"):
+            continue
+        prefix, start = fmt.prefix or "", fmt.start or 0
+        for i, key in enumerate(keys):
+            number = key[len(prefix):]
+            if result[i] < 0 and key.startswith(prefix) and number.isdigit() and 0 <= int(number) - start < block.count:
+                result[i] = offset + int(number) - start
+    return result
 
 
 class SegmentedDocnos:
@@ -55,13 +100,26 @@ class SegmentedDocnos:
         keys = np.asarray(list(docnos), dtype=str)
         result = np.full(len(keys), -1, dtype=np.int64)
         for segment, lookup in enumerate(self.segments):
-            missing = result < 0
-            if not missing.any():
+            missing = np.flatnonzero(result < 0)
+            if not len(missing):
                 break
             found = np.asarray(lookup.inv[keys[missing]], dtype=np.int64)
-            result[np.flatnonzero(missing)[found >= 0]] = found[found >= 0] + self.offsets[segment]
+            unfound = found < 0
+            if unfound.any():
+                found[unfound] = _int_sequence_rows(lookup, keys[missing[unfound]])
+            # Keep a row only if it is inside the segment and stores the same docno.
+            found[found >= self.counts[segment]] = -1
+            hits = np.flatnonzero(found >= 0)
+            if len(hits):
+                stored = np.asarray(lookup.fwd[found[hits]]).astype(str)
+                found[hits[stored != keys[missing[hits]]]] = -1
+            result[missing[found >= 0]] = found[found >= 0] + self.offsets[segment]
         return result
 
     def __iter__(self):
-        for lookup in self.segments:
-            yield from lookup
+        for lookup, count in zip(self.segments, self.counts):
+            for row, docno in enumerate(lookup):
+                if row == count:
+                    break
+                yield docno
+

@@ -31,7 +31,7 @@ import pyterrier_alpha as pta
 from pyterrier_gdr._util import atomic_directory, atomic_write_json, resolve_device
 from pyterrier_gdr.clusters import ClusterTree, ClusterTreeConfig, build_cluster_tree
 from pyterrier_gdr.distributed import process_state
-from pyterrier_gdr.docnos import SegmentedDocnos, segment_name
+from pyterrier_gdr.docnos import SegmentedDocnos, segment_builder, segment_name
 
 __all__ = ["GDRIndex", "IndexFormatError"]
 
@@ -238,7 +238,6 @@ class GDRIndex(pta.Artifact):
             FileExistsError: if ``path`` exists and ``overwrite`` is false.
             ValueError: if ``docs`` is empty.
         """
-        from npids import Lookup
 
         from pyterrier_gdr.encoding import DocumentEncoder
 
@@ -256,7 +255,7 @@ class GDRIndex(pta.Artifact):
             return cls._build_sharded(path, docs, encoder, tree, count, overwrite, verbose, state)
         with atomic_directory(path, overwrite=overwrite) as tmp:
             started = time.perf_counter()
-            with Lookup.builder(tmp / "docnos.npids") as docnos_builder:
+            with segment_builder(tmp / "docnos.npids") as docnos_builder:
                 doc_count = encoder.encode_to_file(docs, tmp / "vecs.f4", docnos_builder, total=count)
             encode_seconds = time.perf_counter() - started
             cls._write_tree_and_meta(tmp, doc_count, encoder.dim, encoder.model_name, tree, verbose, {"encode_seconds": encode_seconds})

@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from pyterrier_gdr._util import atomic_write_json
-from pyterrier_gdr.docnos import segment_name
+from pyterrier_gdr.docnos import segment_builder, segment_name
 
 __all__ = ["AddResult", "CENTROID_MODES", "add_documents", "read_added_centroids", "refresh_centroids", "split_oversized_leaves"]
 
@@ -108,8 +108,6 @@ def add_documents(
         ValueError: if ``docs`` is empty, a docno is already in the index or repeated, or
             ``centroids`` is not one of :data:`CENTROID_MODES`.
     """
-    from npids import Lookup
-
     from pyterrier_gdr.encoding import DocumentEncoder
 
     if centroids not in CENTROID_MODES:
@@ -145,7 +143,7 @@ def add_documents(
             yield doc
 
     try:
-        with Lookup.builder(index.path / segment_name(segment)) as builder:
+        with segment_builder(index.path / segment_name(segment)) as builder:
             added = encoder.encode_to_file(checked(docs), index.path / "vecs.f4", builder, total=count)
     except BaseException:
         _truncate_uncommitted(index)

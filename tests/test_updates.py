@@ -311,3 +311,18 @@ def test_generator_added_clusters_picks_nearest(index_copy, new_docs):
 def test_generator_added_clusters_rejects_negative(index_copy):
     with pytest.raises(ValueError, match="added_clusters=-1 is invalid"):
         index_copy.cluster_generator(added_clusters=-1)
+
+
+def test_numbered_and_single_docnos_added(index_copy, new_docs):
+    # Docnos numbered from 1, and a one-document addition: both npids 0.1 mishandles on its own.
+    old_count = len(index_copy)
+    numbered = [{"docno": f"new-{i:03d}", "text": doc["text"]} for i, doc in enumerate(new_docs[:5], start=1)]
+    index_copy.add_documents(numbered)
+    assert index_copy.doc_ids([d["docno"] for d in numbered]).tolist() == list(range(old_count, old_count + 5))
+    with pytest.raises(ValueError, match="'new-005' is already in"):
+        index_copy.add_documents([{"docno": "new-005", "text": new_docs[6]["text"]}])
+    index_copy.add_documents([{"docno": "solo", "text": new_docs[6]["text"]}])
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    assert len(reopened) == old_count + 6
+    assert reopened.doc_ids(["solo", "new-005"]).tolist() == [old_count + 5, old_count + 4]
+    assert list(reopened.docnos_of(np.arange(old_count, old_count + 6))) == [d["docno"] for d in numbered] + ["solo"]
