@@ -32,12 +32,12 @@ def segment_builder(path: Path) -> Iterator:
     added = [0]
     with Lookup.builder(path) as builder:
 
-        class Counting:
+        class CountingBuilder:
             def add(self, docno) -> None:
                 builder.add(docno)
                 added[0] += 1
 
-        yield Counting()
+        yield CountingBuilder()
         if added[0] == 1:
             builder.add(_PADDING_KEY)
 
