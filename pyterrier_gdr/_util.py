@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 __all__ = ["resolve_device", "atomic_write_json", "atomic_directory", "default_encoder_path", "resolve_encoder", "atomic_build_path"]
 
@@ -30,15 +30,27 @@ def resolve_device(device: Optional[Union[str, "torch.device"]] = None) -> "torc
     return device
 
 
+def atomic_write(path: PathLike, write: Callable[[IO], Any], *, binary: bool = True) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, then move it into place.
+
+    Readers never see a partial file, and a failed write leaves no temporary file behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fout:
+            write(fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def atomic_write_json(path: PathLike, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file, so readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fout:
-        json.dump(data, fout, indent=2, sort_keys=True)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fout: json.dump(data, fout, indent=2, sort_keys=True), binary=False)
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from pyterrier_gdr._util import atomic_write_json
+from pyterrier_gdr._util import atomic_write, atomic_write_json
 from pyterrier_gdr.docnos import segment_builder, segment_name
 
 __all__ = ["AddResult", "CENTROID_MODES", "add_documents", "read_added_centroids", "refresh_centroids", "split_oversized_leaves"]
@@ -203,20 +203,6 @@ def read_added_centroids(index):
         return data["leaves"].astype(np.int64), data["centroids"].astype(np.float32)
 
 
-def _replace_file(path, write) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, then move it into place atomically."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fout:
-            write(fout)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def refresh_centroids(index, *, since: int = 0, mode: str = "added") -> int:
     """Update the centroids of every leaf that contains a document numbered ``since`` or later.
 
@@ -244,7 +230,7 @@ def refresh_centroids(index, *, since: int = 0, mode: str = "added") -> int:
             for leaf in touched:
                 members = np.sort(tree.leaf_members(int(leaf)))
                 centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
-            _replace_file(index.path / "tree" / "leaf_centroids.f4", lambda fout: fout.write(np.ascontiguousarray(centroids).tobytes()))
+            atomic_write(index.path / "tree" / "leaf_centroids.f4", lambda fout: fout.write(np.ascontiguousarray(centroids).tobytes()))
             keep = ~np.isin(added_leaves, touched)
             added = dict(zip(added_leaves[keep].tolist(), added_centroids[keep]))
         else:
@@ -258,7 +244,7 @@ def refresh_centroids(index, *, since: int = 0, mode: str = "added") -> int:
         if len(added) or len(added_leaves):
             leaves = np.array(sorted(added), dtype=np.int64)
             stacked = np.stack([added[leaf] for leaf in leaves.tolist()]) if len(leaves) else added_centroids[:0]
-            _replace_file(index.path / "tree" / ADDED_CENTROIDS, lambda fout: np.savez(fout, leaves=leaves, centroids=stacked))
+            atomic_write(index.path / "tree" / ADDED_CENTROIDS, lambda fout: np.savez(fout, leaves=leaves, centroids=stacked))
     atomic_write_json(index.path / "pt_meta.json", dict(index.meta, centroid_doc_count=doc_count))
     index._reset_payload()
     return len(touched)
