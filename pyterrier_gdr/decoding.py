@@ -100,7 +100,7 @@ class CachedBertDecoder:
         heads, head_dim = self.num_heads, self.head_dim
         scale = head_dim ** -0.5
         # Wq and Wo fold into each query's keys and values: head h scores token t by x . (Wq_h^T k_ht) + bq_h . k_ht,
-        # and the output is the sum of p_ht (v_ht Wo_h^T), plus bo. This is cheaper while heads * T < hidden.
+        # and the output is the sum of p_ht (v_ht Wo_h^T), plus bo. This costs no more while heads * T <= hidden.
         fold = heads * length <= hidden
         cross = []
         for layer in self.bert.encoder.layer:

@@ -49,6 +49,9 @@ def _int_sequence_rows(lookup, keys: np.ndarray) -> np.ndarray:
     inverse lookup misses the keys of a block whose number reaches the block's length (always
     the last key of a block that starts at 1). This recomputes those rows from the blocks'
     prefix, start and length; the caller checks each row against the forward lookup.
+
+    NOTE: this reads npids 0.1 internals (``fwd.codecs``, ``fmt.prefix``, ``fmt.start``). With
+    another npids version it may find nothing, and the forward check still rejects wrong rows.
     """
     result = np.full(len(keys), -1, dtype=np.int64)
     blocks = zip(getattr(lookup.fwd, "codecs", ()), getattr(lookup.fwd, "offsets", ()))
