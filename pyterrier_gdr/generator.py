@@ -155,10 +155,11 @@ class ClusterGenerator(pt.Transformer):
         added_leaves, added_centroids = self.index.added_centroids()
         if not len(added_leaves):
             return leaves, scores
-        # Score = q . c - |c|^2 / 2 orders centroids by Euclidean distance ("l2"), as the router does.
-        matches = vectors.astype(np.float32) @ added_centroids.T  # (B, A)
-        if self.index.tree.config.assign_metric == "l2":
-            matches -= (added_centroids * added_centroids).sum(axis=1) / 2
+        from pyterrier_gdr.router import centroid_offsets
+
+        # Scored as CentroidRouter scores centroids.
+        offsets = centroid_offsets(added_centroids, self.index.tree.config.assign_metric)
+        matches = vectors.astype(np.float32) @ added_centroids.T - offsets  # (B, A)
         order = np.argsort(-matches, axis=1, kind="stable")
         width = leaves.shape[1] + self.added_clusters
         all_leaves = np.full((len(leaves), width), -1, dtype=np.int64)

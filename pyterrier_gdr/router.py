@@ -23,7 +23,17 @@ import torch
 
 from pyterrier_gdr.generator import CANDIDATE_COLUMNS, WorkCounter, expand_clusters
 
-__all__ = ["CentroidRouter"]
+__all__ = ["CentroidRouter", "centroid_offsets"]
+
+
+def centroid_offsets(centroids, metric: str):
+    """Return what each centroid's score subtracts from ``q . c``: ``|c|^2 / 2`` for ``"l2"``, 0 for ``"ip"``.
+
+    Works on NumPy arrays and torch tensors alike.
+    """
+    if metric == "l2":
+        return (centroids * centroids).sum(1) / 2
+    return centroids.sum(1) * 0
 
 
 class CentroidRouter(pt.Transformer):
@@ -99,10 +109,7 @@ class CentroidRouter(pt.Transformer):
             added_leaves, added_centroids = self.index.added_centroids()
             centroids = np.concatenate([np.asarray(self.index.tree.leaf_centroids, dtype=np.float32), added_centroids])
             centroids = torch.as_tensor(centroids, device=device)
-            if self.index.tree.config.assign_metric == "l2":
-                offsets = (centroids * centroids).sum(dim=1) / 2
-            else:
-                offsets = torch.zeros(len(centroids), device=device)
+            offsets = centroid_offsets(centroids, self.index.tree.config.assign_metric)
             owners = None
             if len(added_leaves):
                 owners = torch.as_tensor(np.concatenate([np.arange(self.index.tree.num_leaves), added_leaves]), device=device)[None, :]
