@@ -79,7 +79,9 @@ class CachedBertDecoder:
         self.head = decoder.cls.predictions
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.activation = ACT2FN[config.hidden_act]
+        activation = ACT2FN[config.hidden_act]
+        # In place where the activation allows it: the step's largest tensor need not be allocated twice.
+        self.activation = torch.ops.aten.gelu_ if config.hidden_act == "gelu" else activation
         # One product for the self-attention query, key and value of each layer.
         self.qkv = []
         for layer in self.bert.encoder.layer:
@@ -127,20 +129,21 @@ class CachedBertDecoder:
         return {"cross": cross, "memory_bias": bias, "self": self_cache, "ancestry": ancestry, "width": width}
 
     def _cross_attention(self, layer, prepared: tuple, x: torch.Tensor, memory_bias: torch.Tensor) -> torch.Tensor:
-        """Return the cross-attention output (before the residual) of ``(B, beams, H)`` states ``x``."""
+        """Return the cross-attention output of ``(B, beams, H)`` states ``x``, plus ``x`` (the residual)."""
         batch, beams, hidden = x.shape
         output = layer.crossattention.output.dense
         if len(prepared) == 3:  # folded projections
             score_weight, score_bias, projected_values = prepared
             scores = torch.baddbmm(score_bias, x, score_weight).view(batch, beams, self.num_heads, -1)  # (B, beams, heads, T)
             weights = torch.softmax(scores + memory_bias, dim=-1).view(batch, beams, -1)
-            return torch.baddbmm(output.bias, weights, projected_values)
+            return (x + output.bias).baddbmm_(weights, projected_values)
         keys, values = prepared  # (B, heads, T, d)
         query = self._split(layer.crossattention.self.query(x)).transpose(1, 2)  # (B, heads, beams, d)
         context = torch.nn.functional.scaled_dot_product_attention(
             query, keys, values, attn_mask=memory_bias, scale=self.head_dim ** -0.5,
         )  # (B, heads, beams, d)
-        return output(context.transpose(1, 2).reshape(batch, beams, hidden))
+        context = context.transpose(1, 2).reshape(batch * beams, hidden)
+        return self._dense_residual(output, context, x.reshape(batch * beams, hidden)).view(batch, beams, hidden)
 
     def reorder(self, state: dict, source_beam: torch.Tensor, length: int) -> None:
         """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``); ``length`` steps are cached."""
@@ -149,6 +152,24 @@ class CachedBertDecoder:
         ancestry = state["ancestry"]
         ancestry[:length] = ancestry[:length].index_select(1, rows)
 
+    def _embed(self, tokens: torch.Tensor, position: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return the embedded ``(n,)`` tokens at ``position`` and the first layer's query, key and value of them.
+
+        The CID vocabulary offers at most ``k`` tokens per position, so both are computed once per distinct
+        token and copied to the beams that feed it.
+        """
+        embeddings = self.bert.embeddings
+        distinct, inverse = torch.unique(tokens, return_inverse=True)
+        x = embeddings.word_embeddings(distinct) + embeddings.position_embeddings.weight[position]
+        x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (distinct, H)
+        query_key_value = torch.nn.functional.linear(x, *self.qkv[0])  # (distinct, 3H)
+        return x.index_select(0, inverse), query_key_value.index_select(0, inverse)
+
+    @staticmethod
+    def _dense_residual(dense: torch.nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Return ``dense(x) + residual``, accumulated in place into a fresh ``residual + bias``."""
+        return (residual + dense.bias).addmm_(x, dense.weight.t())
+
     def step(self, tokens: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
         """Feed the ``(B, W)`` tokens of the ``live`` beams at ``position``; return their ``(n_live, vocab)`` logits.
 
@@ -156,9 +177,7 @@ class CachedBertDecoder:
         """
         queries, beams = live.nonzero(as_tuple=True)  # (n,), (n,)
         rows = queries * state["width"] + beams  # (n,) rows of the self-attention cache
-        embeddings = self.bert.embeddings
-        x = embeddings.word_embeddings(tokens[queries, beams]) + embeddings.position_embeddings.weight[position]
-        x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (n, H)
+        x, query_key_value = self._embed(tokens[queries, beams], position)  # (n, H), (n, 3H)
         scale = self.head_dim ** -0.5
         batch, hidden = live.shape[0], x.shape[1]
         low, high = int(beams.min()), int(beams.max()) + 1
@@ -173,7 +192,8 @@ class CachedBertDecoder:
         for i, layer in enumerate(self.bert.encoder.layer):
             # Self-attention over this beam's tokens so far. There are at most max_depth + 1 of them, so
             # elementwise products cost less than batched matrix products and their layout copies.
-            query_key_value = torch.nn.functional.linear(x, *self.qkv[i])  # (n, 3H): query, key, value
+            if i > 0:
+                query_key_value = torch.nn.functional.linear(x, *self.qkv[i])  # (n, 3H): query, key, value
             query = query_key_value[:, :hidden].view(len(x), self.num_heads, self.head_dim)
             current = query_key_value[:, hidden:].view(len(x), 2, self.num_heads, self.head_dim)  # key, value
             cache = state["self"][i]  # (L, B * W, 2H)
@@ -186,7 +206,8 @@ class CachedBertDecoder:
             weights = torch.softmax(scores * scale, dim=0)
             context = (weights[:-1, ..., None] * earlier[:, :, 1]).sum(0) + weights[-1, ..., None] * current[:, 1]
             context = context.flatten(1)  # (n, H)
-            x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
+            attention_output = layer.attention.output
+            x = attention_output.LayerNorm(self._dense_residual(attention_output.dense, context, x))
 
             # Cross-attention to the query's encoder states, shared by all its beams. The rows are laid out
             # (B, beams lo..hi), so one batched product per query serves all its beams.
@@ -196,12 +217,12 @@ class CachedBertDecoder:
                 rows_by_query = x.new_zeros(batch, high - low, hidden)
                 rows_by_query[queries, beams - low] = x
             output = self._cross_attention(layer, state["cross"][i], rows_by_query, state["memory_bias"])  # (B, beams, H)
-            output = output.view(len(x), hidden) if dense else output[queries, beams - low]  # (n, H)
-            x = layer.crossattention.output.LayerNorm(output + x)
+            output = output.view(len(x), hidden) if dense else output[queries, beams - low]  # (n, H), residual added
+            x = layer.crossattention.output.LayerNorm(output)
 
             # Feed-forward.
             hidden_states = self.activation(layer.intermediate.dense(x))
-            x = layer.output.LayerNorm(layer.output.dense(hidden_states) + x)
+            x = layer.output.LayerNorm(self._dense_residual(layer.output.dense, hidden_states, x))
         transform = self.head.transform
         x = transform.LayerNorm(self.activation(transform.dense(x)))
         return self.head.decoder(x)  # (n, vocab)
