@@ -105,6 +105,52 @@ def _new_decoder(config: GDRModelConfig, hidden_size: int):
     return BertLMHeadModel(decoder_config)
 
 
+def _unpadded_encoding_supported(encoder: nn.Module) -> bool:
+    """Whether :func:`_encode_unpadded` computes what ``encoder`` computes (BERT, absolute positions, GELU)."""
+    from transformers import BertModel
+
+    config = encoder.config
+    return (
+        type(encoder) is BertModel
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and config.hidden_act == "gelu"
+        and not config.is_decoder
+    )
+
+
+def _encode_unpadded(bert, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Run a ``transformers`` ``BertModel`` on the real tokens of a right-padded batch only; return ``(B, T, H)`` states.
+
+    The linear layers, which hold nearly all of the arithmetic, see only the real tokens (a batch of
+    questions is padded to its longest one, often half padding); attention runs on the padded layout
+    with the padding masked, as in the full pass. Padded positions come back as zeros. Inference
+    only: dropout is not applied.
+    """
+    batch, length = input_ids.shape
+    real = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+    embeddings = bert.embeddings
+    x = embeddings.word_embeddings(input_ids.reshape(-1)[real]) + embeddings.position_embeddings.weight[real % length]
+    x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (N, H)
+    hidden = x.shape[1]
+    heads = bert.config.num_attention_heads
+    padding_bias = torch.zeros(batch, 1, 1, length, dtype=x.dtype, device=x.device)
+    padding_bias = padding_bias.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
+    for layer in bert.encoder.layer:
+        attention = layer.attention.self
+        weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])  # (3H, H)
+        bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+        padded = x.new_zeros(batch * length, 3 * hidden).index_copy_(0, real, torch.nn.functional.linear(x, weight, bias))
+        query, key, value = padded.view(batch, length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)  # (B, heads, T, d) each
+        context = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=padding_bias)
+        context = context.transpose(1, 2).reshape(batch * length, hidden).index_select(0, real)  # (N, H)
+        output = layer.attention.output
+        x = output.LayerNorm((x + output.dense.bias).addmm_(context, output.dense.weight.t()))
+        intermediate = torch.ops.aten.gelu_(layer.intermediate.dense(x))
+        output = layer.output
+        x = output.LayerNorm((x + output.dense.bias).addmm_(intermediate, output.dense.weight.t()))
+    return x.new_zeros(batch * length, hidden).index_copy_(0, real, x).view(batch, length, hidden)
+
+
 class GDRModel(nn.Module):
     """Encoder + CID decoder + query-vector head.
 
@@ -160,8 +206,18 @@ class GDRModel(nn.Module):
         return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Run the encoder once; return its output object (``last_hidden_state``: ``(B, T, H)``)."""
-        return self.seq2seq.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        """Run the encoder once; return its output object (``last_hidden_state``: ``(B, T, H)``).
+
+        In inference (no gradient, encoder in eval mode) a BERT encoder skips the padding: see
+        :func:`_encode_unpadded`. Its states at padded positions are then zero, not the values the
+        full forward pass computes there; every use of them masks those positions.
+        """
+        encoder = self.seq2seq.encoder
+        if not torch.is_grad_enabled() and not encoder.training and _unpadded_encoding_supported(encoder):
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return BaseModelOutput(last_hidden_state=_encode_unpadded(encoder, input_ids, attention_mask))
+        return encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
 
     def query_vectors(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pool ``(B, T, H)`` encoder states into ``(B, query_dim)`` query vectors."""

@@ -119,3 +119,41 @@ def test_cached_steps_equal_full_forward(model, tree, queries):
         for position in range(labels.shape[1]):
             step = stepper.step(decoder_inputs[:, position:position + 1], position, state, live)  # (3, vocab)
             assert torch.allclose(step, full[:, position], atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_unpadded_encoder_equals_full_pass(model, encoder_path, which):
+    """In inference the encoder skips padding; on real tokens it must equal transformers' padded pass."""
+    from pyterrier_gdr.model import _unpadded_encoding_supported
+
+    if which == "minilm":
+        model = GDRModel.from_encoder(encoder_path, vocab_size=20, max_cid_length=3, query_dim=384).eval()
+    assert _unpadded_encoding_supported(model.seq2seq.encoder)
+    tokens = model.tokenize(LONG_QUERIES + QUERIES)  # lengths from 4 to over 20 tokens
+    real = tokens["attention_mask"].bool()
+    assert not real.all()
+    with torch.no_grad():
+        unpadded = model.encode(**tokens).last_hidden_state
+        full = model.seq2seq.encoder(**tokens).last_hidden_state
+    assert torch.allclose(unpadded[real], full[real], atol=1e-5)
+    assert (unpadded[~real] == 0).all()
+    # Training (gradients on) and a model in training mode take transformers' own pass, dropout included.
+    assert model.encode(**tokens).last_hidden_state.requires_grad
+    model.train()
+    try:
+        with torch.no_grad():
+            assert model.encode(**tokens).last_hidden_state[~real].abs().sum() > 0
+    finally:
+        model.eval()
+
+
+def test_unpadded_encoding_only_for_plain_bert(model):
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    from pyterrier_gdr.model import _unpadded_encoding_supported
+
+    small = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    assert _unpadded_encoding_supported(BertModel(BertConfig(**small)))
+    assert not _unpadded_encoding_supported(BertModel(BertConfig(hidden_act="relu", **small)))
+    assert not _unpadded_encoding_supported(BertModel(BertConfig(position_embedding_type="relative_key", **small)))
+    assert not _unpadded_encoding_supported(RobertaModel(RobertaConfig(**small)))  # positions offset by the padding index
