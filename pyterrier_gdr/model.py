@@ -106,7 +106,7 @@ def _new_decoder(config: GDRModelConfig, hidden_size: int):
 
 
 def _unpadded_encoding_supported(encoder: nn.Module) -> bool:
-    """Whether :func:`_encode_unpadded` computes what ``encoder`` computes (BERT, absolute positions, GELU)."""
+    """Return whether :func:`_encode_unpadded` computes what ``encoder`` computes (BERT, absolute positions, GELU)."""
     from transformers import BertModel
 
     config = encoder.config
@@ -121,10 +121,10 @@ def _unpadded_encoding_supported(encoder: nn.Module) -> bool:
 def _encode_unpadded(bert, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Run a ``transformers`` ``BertModel`` on the real tokens of a right-padded batch only; return ``(B, T, H)`` states.
 
-    The linear layers, which hold nearly all of the arithmetic, see only the real tokens (a batch of
-    questions is padded to its longest one, often half padding); attention runs on the padded layout
-    with the padding masked, as in the full pass. Padded positions come back as zeros. Inference
-    only: dropout is not applied.
+    The linear layers, which do nearly all of the arithmetic, see only the real tokens. A batch of
+    questions is padded to its longest question, so 30-50% of its positions are often padding.
+    Attention runs on the padded layout with the padding masked, as in the full pass. Padded
+    positions come back as zeros. Inference only: dropout is not applied.
     """
     batch, length = input_ids.shape
     real = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens

@@ -122,8 +122,8 @@ def test_cached_steps_equal_full_forward(model, tree, queries):
 
 
 @pytest.mark.parametrize("which", ["tiny", "minilm"])
-def test_unpadded_encoder_equals_full_pass(model, encoder_path, which):
-    """In inference the encoder skips padding; on real tokens it must equal transformers' padded pass."""
+def test_unpadded_encoder_matches_full_pass(model, encoder_path, which):
+    """In inference the encoder skips padding, and on real tokens it must equal transformers' padded pass."""
     from pyterrier_gdr.model import _unpadded_encoding_supported
 
     if which == "minilm":
