@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional, Union
 
-__all__ = ["resolve_device", "atomic_write_json", "atomic_directory", "default_encoder_path", "resolve_encoder", "atomic_build_path"]
+__all__ = ["resolve_device", "atomic_write_json", "atomic_directory", "default_encoder_path", "resolve_encoder", "portable_encoder_name", "atomic_build_path"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -17,6 +17,7 @@ from typing import Sequence, Tuple
 import torch
 
 from pyterrier_gdr.clusters import CIDCodec, CIDTrie
+from pyterrier_gdr.model import dense_plus_residual, fused_query_key_value
 
 __all__ = ["TorchTrie", "constrained_beam_search"]
 
@@ -83,12 +84,7 @@ class CachedBertDecoder:
         # In place where the activation allows it: the step's largest tensor need not be allocated twice.
         self.activation = torch.ops.aten.gelu_ if config.hidden_act == "gelu" else activation
         # One product for the self-attention query, key and value of each layer.
-        self.qkv = []
-        for layer in self.bert.encoder.layer:
-            attention = layer.attention.self
-            weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])  # (3H, H)
-            bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])  # (3H,)
-            self.qkv.append((weight, bias))
+        self.qkv = [fused_query_key_value(layer.attention.self) for layer in self.bert.encoder.layer]
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim)  # (..., H) -> (..., heads, head_dim)
@@ -143,7 +139,7 @@ class CachedBertDecoder:
             query, keys, values, attn_mask=memory_bias, scale=self.head_dim ** -0.5,
         )  # (B, heads, beams, d)
         context = context.transpose(1, 2).reshape(batch * beams, hidden)
-        return self._dense_residual(output, context, x.reshape(batch * beams, hidden)).view(batch, beams, hidden)
+        return dense_plus_residual(output, context, x.reshape(batch * beams, hidden)).view(batch, beams, hidden)
 
     def reorder(self, state: dict, source_beam: torch.Tensor, length: int) -> None:
         """Make beam ``w`` of each query continue from beam ``source_beam[b, w]`` (``(B, W)``); ``length`` steps are cached."""
@@ -164,11 +160,6 @@ class CachedBertDecoder:
         x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (distinct, H)
         query_key_value = torch.nn.functional.linear(x, *self.qkv[0])  # (distinct, 3H)
         return x.index_select(0, inverse), query_key_value.index_select(0, inverse)
-
-    @staticmethod
-    def _dense_residual(dense: torch.nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Return ``dense(x) + residual``, accumulated in place into a fresh ``residual + bias``."""
-        return (residual + dense.bias).addmm_(x, dense.weight.t())
 
     def step(self, tokens: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
         """Feed the ``(B, W)`` tokens of the ``live`` beams at ``position``; return their ``(n_live, vocab)`` logits.
@@ -207,7 +198,7 @@ class CachedBertDecoder:
             context = (weights[:-1, ..., None] * earlier[:, :, 1]).sum(0) + weights[-1, ..., None] * current[:, 1]
             context = context.flatten(1)  # (n, H)
             attention_output = layer.attention.output
-            x = attention_output.LayerNorm(self._dense_residual(attention_output.dense, context, x))
+            x = attention_output.LayerNorm(dense_plus_residual(attention_output.dense, context, x))
 
             # Cross-attention to the query's encoder states, shared by all its beams. The rows are laid out
             # (B, beams lo..hi), so one batched product per query serves all its beams.
@@ -222,7 +213,7 @@ class CachedBertDecoder:
 
             # Feed-forward.
             hidden_states = self.activation(layer.intermediate.dense(x))
-            x = layer.output.LayerNorm(self._dense_residual(layer.output.dense, hidden_states, x))
+            x = layer.output.LayerNorm(dense_plus_residual(layer.output.dense, hidden_states, x))
         transform = self.head.transform
         x = transform.LayerNorm(self.activation(transform.dense(x)))
         return self.head.decoder(x)  # (n, vocab)

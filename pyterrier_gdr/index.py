@@ -147,6 +147,14 @@ class GDRIndex(pta.Artifact):
         with open(self.path / "config.json", encoding="utf-8") as fin:
             return json.load(fin)
 
+    @property
+    def encoder_path(self) -> str:
+        """The loadable path or name of the encoder that produced the vectors.
+
+        ``config.json`` records a portable name, and the packaged all-MiniLM-L6-v2 resolves to its local copy.
+        """
+        return resolve_encoder(self.config["encoder"])
+
     def __len__(self) -> int:
         return int(self.meta["doc_count"])
 
@@ -494,7 +502,7 @@ class GDRIndex(pta.Artifact):
         if self._base_encoder is None:
             from pyterrier_gdr.encoding import DocumentEncoder
 
-            self._base_encoder = DocumentEncoder(resolve_encoder(self.config["encoder"]), batch_size=batch_size, device=self.device)
+            self._base_encoder = DocumentEncoder(self.encoder_path, batch_size=batch_size, device=self.device)
         return torch.as_tensor(self._base_encoder.encode(list(queries)))
 
     def resolved_device(self):

@@ -107,6 +107,21 @@ def _new_decoder(config: GDRModelConfig, hidden_size: int):
     return BertLMHeadModel(decoder_config)
 
 
+def fused_query_key_value(attention) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(weight (3H, H), bias (3H,))`` that compute a BERT self-attention's query, key and value in one product."""
+    weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+    bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+    return weight, bias
+
+
+def dense_plus_residual(dense: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Return ``dense(x) + residual`` for 2-D ``x``, accumulated in place into a fresh ``residual + bias``.
+
+    This allocates one output instead of two (the product, then the sum).
+    """
+    return (residual + dense.bias).addmm_(x, dense.weight.t())
+
+
 def _unpadded_encoding_supported(encoder: nn.Module) -> bool:
     """Return whether :func:`_encode_unpadded` computes what ``encoder`` computes (BERT, absolute positions, GELU)."""
     from transformers import BertModel
@@ -138,18 +153,14 @@ def _encode_unpadded(bert, input_ids: torch.Tensor, attention_mask: torch.Tensor
     padding_bias = torch.zeros(batch, 1, 1, length, dtype=x.dtype, device=x.device)
     padding_bias = padding_bias.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
     for layer in bert.encoder.layer:
-        attention = layer.attention.self
-        weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])  # (3H, H)
-        bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
-        padded = x.new_zeros(batch * length, 3 * hidden).index_copy_(0, real, torch.nn.functional.linear(x, weight, bias))
+        query_key_value = torch.nn.functional.linear(x, *fused_query_key_value(layer.attention.self))  # (N, 3H)
+        padded = x.new_zeros(batch * length, 3 * hidden).index_copy_(0, real, query_key_value)
         query, key, value = padded.view(batch, length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)  # (B, heads, T, d) each
         context = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=padding_bias)
         context = context.transpose(1, 2).reshape(batch * length, hidden).index_select(0, real)  # (N, H)
-        output = layer.attention.output
-        x = output.LayerNorm((x + output.dense.bias).addmm_(context, output.dense.weight.t()))
-        intermediate = torch.ops.aten.gelu_(layer.intermediate.dense(x))
-        output = layer.output
-        x = output.LayerNorm((x + output.dense.bias).addmm_(intermediate, output.dense.weight.t()))
+        x = layer.attention.output.LayerNorm(dense_plus_residual(layer.attention.output.dense, context, x))
+        intermediate = torch.ops.aten.gelu_(layer.intermediate.dense(x))  # in place: the supported encoders use GELU
+        x = layer.output.LayerNorm(dense_plus_residual(layer.output.dense, intermediate, x))
     return x.new_zeros(batch * length, hidden).index_copy_(0, real, x).view(batch, length, hidden)
 
 

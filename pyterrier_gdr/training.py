@@ -210,7 +210,7 @@ def train_gdr(index, topics: pd.DataFrame, qrels: pd.DataFrame, *, corpus: Optio
     logger.info("training on %d examples (%d from questions)", len(queries), sum(len(v) for v in relevant.values()))
 
     model = GDRModel.from_encoder(
-        resolve_encoder(config.model_encoder or index.config["encoder"]),
+        resolve_encoder(config.model_encoder) if config.model_encoder else index.encoder_path,
         vocab_size=codec.vocab_size,
         max_cid_length=tree.max_depth + 1,
         query_dim=index.meta["vec_size"],

@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from pyterrier_gdr._util import atomic_write, atomic_write_json, resolve_encoder
+from pyterrier_gdr._util import atomic_write, atomic_write_json
 from pyterrier_gdr.docnos import segment_builder, segment_name
 
 __all__ = ["AddResult", "CENTROID_MODES", "add_documents", "read_added_centroids", "refresh_centroids", "split_oversized_leaves"]
@@ -120,7 +120,7 @@ def add_documents(
         raise ValueError("no documents to add")
     docs = itertools.chain([first], iterator)
     if encoder is None:
-        encoder = DocumentEncoder(resolve_encoder(index.config["encoder"]), device=index.device, verbose=verbose)
+        encoder = DocumentEncoder(index.encoder_path, device=index.device, verbose=verbose)
     meta = dict(index.meta)
     old_count, dim = meta["doc_count"], meta["vec_size"]
     # The centroids are current up to this document number. Without the key, they are the build's.

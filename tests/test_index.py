@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyterrier_gdr._util import resolve_encoder
 from pyterrier_gdr.index import GDRIndex, IndexFormatError
 
 TOPICS = pd.DataFrame({"qid": ["1", "2", "3"], "query": ["Who won Super Bowl 50?", "Where was the game played?", "Normandy"]})
@@ -52,9 +51,9 @@ def test_untrained_model_scores_like_base_encoder(trained_index):
 
     from pyterrier_gdr.model import GDRModel
 
-    model = GDRModel.from_encoder(resolve_encoder(trained_index.config["encoder"]), vocab_size=20, max_cid_length=3, query_dim=384)
+    model = GDRModel.from_encoder(trained_index.encoder_path, vocab_size=20, max_cid_length=3, query_dim=384)
     ours = model.encode_queries(["what is the capital of france"]).numpy()
-    base = SentenceTransformer(resolve_encoder(trained_index.config["encoder"]), device="cpu").encode(["what is the capital of france"], normalize_embeddings=True)
+    base = SentenceTransformer(trained_index.encoder_path, device="cpu").encode(["what is the capital of france"], normalize_embeddings=True)
     assert np.allclose(ours, base, atol=1e-5)
 
 
@@ -126,7 +125,7 @@ def test_untrained_index_has_no_generator(tmp_path, squad_slice, encoder_path):
 def test_from_vectors_matches_build(tmp_path, trained_index):
     copy = GDRIndex.from_vectors(
         tmp_path / "copy.gdr", trained_index.vectors, trained_index.path / "docnos.npids",
-        encoder=resolve_encoder(trained_index.config["encoder"]), verbose=False,
+        encoder=trained_index.encoder_path, verbose=False,
     )
     assert len(copy) == len(trained_index)
     assert np.array_equal(np.asarray(copy.vectors), np.asarray(trained_index.vectors))

