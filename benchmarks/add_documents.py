@@ -4,8 +4,9 @@ Some articles are held out (about 10% of the passages). Path "add": build and tr
 rest, then add the held-out passages with GDRIndex.add_documents (no retraining), in each
 of its centroid modes (added, mean, keep). Path "rebuild": build and train on everything.
 All are scored by R@100 and answer accuracy@20 on the real questions whose relevant passages
-lie in the held-out articles. The routings: GDR's generator alone, the generator plus 3
-clusters found by added centroids, and centroid routing, each at 10 and 20 clusters. A
+lie in the held-out articles. The routings: GDR's generator alone, the generator plus the
+3 groups of added documents whose centroids match best, and centroid routing (over leaves
+and groups), each at 10 and 20 clusters. A
 sample of the other questions checks that the additions cost the old documents nothing.
 
 The Wikipedia slice (4,857 passages, 130 questions, no training questions) leaves only a

@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--split-oversized", action="store_true", help="re-cluster oversized leaves (changes CIDs: retrain the generator)")
     add.add_argument(
         "--centroids", choices=CENTROID_MODES, default="added",
-        help="added: give each leaf that grew a second centroid for its added documents (default); "
-        "mean: recompute its centroid over all members; keep: leave the centroids as built",
+        help="added: also cluster the documents added since the build into groups that routing finds on their own "
+        "(default); mean: recompute the centroids of the leaves that grew; keep: leave the centroids as built",
     )
     add.add_argument("--quiet", action="store_true", help="hide progress bars")
     add.set_defaults(handler=_add_documents)

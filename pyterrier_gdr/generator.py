@@ -40,20 +40,31 @@ class WorkCounter:
 def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_scores: np.ndarray, query_vectors: np.ndarray) -> pd.DataFrame:
     """Turn the top clusters of each query into one row per candidate document.
 
+    A cluster is a leaf (``0 <= id < num_leaves``) or a group of added documents (``num_leaves + g``
+    for group ``g``, see :meth:`~pyterrier_gdr.index.GDRIndex.added_groups`). An added document
+    can be in both its leaf and its group; it is listed once, under the better-ranked cluster.
+
     Args:
         index: the :class:`~pyterrier_gdr.index.GDRIndex`.
         topics: ``(B)`` rows with ``qid`` and ``query`` (other columns are carried).
-        leaves: ``(B, C)`` leaf ids, best first, -1 where absent.
+        leaves: ``(B, C)`` cluster ids, best first, -1 where absent.
         cluster_scores: ``(B, C)`` cluster scores (higher is better).
         query_vectors: ``(B, dim)``.
     """
     offsets, members = index.tree.members()
+    num_leaves = len(offsets) - 1
+    groups = None
     rows_topic, rows_doc, rows_leaf, rows_score, rows_rank = [], [], [], [], []
     for i in range(len(topics)):
         for rank, (leaf, score) in enumerate(zip(leaves[i], cluster_scores[i])):
             if leaf < 0 or not np.isfinite(score):
                 continue
-            docs = members[offsets[leaf]:offsets[leaf + 1]]
+            if leaf < num_leaves:
+                docs = members[offsets[leaf]:offsets[leaf + 1]]
+            else:
+                if groups is None:
+                    groups = index.added_groups().members()
+                docs = groups[1][groups[0][leaf - num_leaves]:groups[0][leaf - num_leaves + 1]]
             rows_topic.append(np.full(len(docs), i))
             rows_doc.append(docs)
             rows_leaf.append(np.full(len(docs), leaf))
@@ -63,11 +74,16 @@ def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_sco
         return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
     topic_index = np.concatenate(rows_topic)
     doc_ids = np.concatenate(rows_doc)
+    keep = slice(None)
+    if groups is not None:  # leaves are disjoint, but a group overlaps the leaves its documents joined
+        _, first = np.unique(topic_index * (int(doc_ids.max()) + 1) + doc_ids, return_index=True)
+        keep = np.sort(first)
+        topic_index, doc_ids = topic_index[keep], doc_ids[keep]
     result = topics.iloc[topic_index].reset_index(drop=True)
     result["docno"] = index.docnos_of(doc_ids)
-    result["cluster_id"] = np.concatenate(rows_leaf).astype(np.int64)
-    result["cluster_score"] = np.concatenate(rows_score)
-    result["cluster_rank"] = np.concatenate(rows_rank).astype(np.int64)
+    result["cluster_id"] = np.concatenate(rows_leaf)[keep].astype(np.int64)
+    result["cluster_score"] = np.concatenate(rows_score)[keep]
+    result["cluster_rank"] = np.concatenate(rows_rank)[keep].astype(np.int64)
     result["score"] = result["cluster_score"]
     # Rank: by cluster, then by position inside the cluster.
     result["rank"] = result.groupby("qid", sort=False).cumcount().astype(np.int64)
@@ -79,7 +95,8 @@ class ClusterGenerator(pt.Transformer):
     """Queries -> candidate documents of the clusters the GDR model generates.
 
     Output columns: ``qid, query, docno, score, rank`` (``score`` is the cluster score, so
-    documents of one cluster tie), ``cluster_id`` (leaf id), ``cluster_score`` (log-probability
+    documents of one cluster tie), ``cluster_id`` (leaf id, or ``num_leaves + g`` for group
+    ``g`` of added documents), ``cluster_score`` (log-probability
     of the cluster's CID), ``cluster_rank`` and ``query_vec`` (the model's query vector, so the
     ranker need not encode the query again).
 
@@ -88,12 +105,13 @@ class ClusterGenerator(pt.Transformer):
         num_clusters: clusters per query whose documents are returned.
         beam_size: beams of the constrained beam search; ``num_clusters`` when omitted.
         batch_size: queries decoded together.
-        added_clusters: also return, per query, up to this many leaves that were not decoded and
-            whose added centroids best match the query vector. A leaf's added centroid is the mean
-            of the documents added to it since the build (see
+        added_clusters: also return, per query, the documents of up to this many groups of
+            added documents, those whose centroids best match the query vector. Groups cluster
+            the documents added since the build among themselves (see
             :meth:`~pyterrier_gdr.index.GDRIndex.add_documents`). The generator never saw those
-            documents, so this routes queries to them without retraining. Each such leaf gets
-            the query's lowest decoded ``cluster_score``.
+            documents, so this routes queries to them without retraining. Each such group gets
+            the query's lowest decoded ``cluster_score``; documents already among the decoded
+            leaves' are not repeated.
         verbose: show progress over query batches.
     """
 
@@ -151,28 +169,21 @@ class ClusterGenerator(pt.Transformer):
         return expand_clusters(self.index, topics, leaves, scores, vectors)
 
     def _with_added_clusters(self, leaves: np.ndarray, scores: np.ndarray, vectors: np.ndarray) -> tuple:
-        """Append to ``(B, C)`` decoded leaves and scores the best ``added_clusters`` leaves by added centroid."""
-        added_leaves, added_centroids = self.index.added_centroids()
-        if not len(added_leaves):
+        """Append to ``(B, C)`` decoded leaves and scores the ``added_clusters`` groups whose centroids match best."""
+        groups = self.index.added_groups()
+        if not len(groups):
             return leaves, scores
         from pyterrier_gdr.router import centroid_offsets
 
         # Scored as CentroidRouter scores centroids.
-        offsets = centroid_offsets(added_centroids, self.index.tree.config.assign_metric)
-        matches = vectors.astype(np.float32) @ added_centroids.T - offsets  # (B, A)
-        order = np.argsort(-matches, axis=1, kind="stable")
-        width = leaves.shape[1] + self.added_clusters
-        all_leaves = np.full((len(leaves), width), -1, dtype=np.int64)
-        all_scores = np.full((len(leaves), width), -np.inf)
-        all_leaves[:, :leaves.shape[1]] = leaves
-        all_scores[:, :leaves.shape[1]] = scores
-        for i in range(len(leaves)):
-            decoded = set(leaves[i][leaves[i] >= 0].tolist())
-            extra = [leaf for leaf in added_leaves[order[i]].tolist() if leaf not in decoded][: self.added_clusters]
-            finite = scores[i][np.isfinite(scores[i])]
-            all_leaves[i, leaves.shape[1]:leaves.shape[1] + len(extra)] = extra
-            all_scores[i, leaves.shape[1]:leaves.shape[1] + len(extra)] = finite.min() if len(finite) else 0.0
-        return all_leaves, all_scores
+        offsets = centroid_offsets(groups.centroids, self.index.tree.config.assign_metric)
+        matches = vectors.astype(np.float32) @ groups.centroids.T - offsets  # (B, G)
+        count = min(self.added_clusters, len(groups))
+        best = np.argsort(-matches, axis=1, kind="stable")[:, :count]  # (B, count)
+        finite = np.where(np.isfinite(scores), scores, np.inf).min(axis=1, keepdims=True)  # the lowest decoded score
+        extra_scores = np.repeat(np.where(np.isfinite(finite), finite, 0.0), count, axis=1)
+        return (np.concatenate([leaves, best + self.index.tree.num_leaves], axis=1),
+                np.concatenate([scores, extra_scores], axis=1))
 
     def _decode(self, queries: List[str], beam: int) -> dict:
         """Return ``{(query, beam): (leaves, scores, query_vector)}`` for ``queries``, decoded in batches."""

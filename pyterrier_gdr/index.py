@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import pyterrier as pt
@@ -76,7 +76,7 @@ class GDRIndex(pta.Artifact):
         self._tree = None
         self._model = None
         self._torch_trie = None
-        self._added_centroids = None
+        self._added_groups = None
         self._base_encoder = None
 
     def __repr__(self) -> str:
@@ -412,7 +412,7 @@ class GDRIndex(pta.Artifact):
         self._tree = None
         self._model = None
         self._torch_trie = None
-        self._added_centroids = None
+        self._added_groups = None
 
     # --- adding documents ---------------------------------------------------------------
 
@@ -423,11 +423,11 @@ class GDRIndex(pta.Artifact):
         """Add documents without retraining: encode them and attach each to its nearest leaf.
 
         The existing vectors and docnos are not rewritten, the generator is untouched, and an
-        interrupted addition leaves the index as it was. By default (``centroids="added"``) each
-        leaf that received documents gets a second centroid, the mean of its added documents,
-        which centroid routing and ``cluster_generator(added_clusters=...)`` use to find them;
-        ``"mean"`` recomputes the leaf's centroid instead and ``"keep"`` leaves the centroids as
-        built (see :mod:`pyterrier_gdr.updates`). Leaves that grow past ``max_leaf_size`` (twice
+        interrupted addition leaves the index as it was. By default (``centroids="added"``) the
+        documents added since the build are clustered among themselves into groups, which
+        centroid routing and ``cluster_generator(added_clusters=...)`` route to as clusters of
+        their own; ``"mean"`` recomputes the centroids of the leaves that received documents
+        instead, and ``"keep"`` leaves the centroids as built (see :mod:`pyterrier_gdr.updates`). Leaves that grow past ``max_leaf_size`` (twice
         the tree's leaf size by default) are reported; with ``split_oversized`` they are
         re-clustered, which changes CIDs and so requires retraining the generator.
 
@@ -445,13 +445,13 @@ class GDRIndex(pta.Artifact):
             centroids=centroids, count=count,
         )
 
-    def added_centroids(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Return ``(leaves (A,), centroids (A, dim))``: the centroid of the documents added to each leaf since the build."""
-        if self._added_centroids is None:
-            from pyterrier_gdr.updates import read_added_centroids
+    def added_groups(self):
+        """Return the :class:`~pyterrier_gdr.updates.AddedGroups`: the documents added since the build, clustered among themselves."""
+        if self._added_groups is None:
+            from pyterrier_gdr.updates import read_added_groups
 
-            self._added_centroids = read_added_centroids(self)
-        return self._added_centroids
+            self._added_groups = read_added_groups(self)
+        return self._added_groups
 
     # --- transformers -------------------------------------------------------------------
 
@@ -466,8 +466,8 @@ class GDRIndex(pta.Artifact):
             beam_size: beams of the constrained search (at least ``num_clusters``; equal when omitted).
             cache: keep decoded queries in memory, so repeated runs (e.g. a grid search over the
                 ranker's ``alpha``) decode each query once.
-            added_clusters: also return up to this many leaves that received documents after the
-                build, those whose added centroids best match the query (see :meth:`add_documents`).
+            added_clusters: also return the documents of this many groups of added documents,
+                those whose centroids best match the query (see :meth:`add_documents`).
         """
         from pyterrier_gdr.generator import ClusterGenerator
 

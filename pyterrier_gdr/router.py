@@ -7,9 +7,9 @@ generative model and nothing memorised. "Near" follows the tree's ``assign_metri
 to a document's vector routes to that document's leaf; for ``"ip"`` it is ``q . c``. At the same number of clusters, comparing
 ``router >> ranker`` with ``generator >> ranker`` isolates what the generator's memory adds.
 
-A leaf that received documents after the build (:meth:`~pyterrier_gdr.index.GDRIndex.add_documents`)
-may also have an added centroid, the mean of those documents; the leaf then scores the
-better of its two centroids.
+Documents added after the build (:meth:`~pyterrier_gdr.index.GDRIndex.add_documents`) are
+also clustered among themselves into groups. A group is ranked by its centroid alongside the
+leaves, and its candidates are its own documents.
 """
 from __future__ import annotations
 
@@ -74,13 +74,14 @@ class CentroidRouter(pt.Transformer):
             return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
         topics = inp.reset_index(drop=True)
         frames: List[pd.DataFrame] = []
-        k = min(self.num_clusters, self.index.tree.num_leaves)
         batches = range(0, len(topics), self.batch_size)
         for start in pt.tqdm(batches, desc="CentroidRouter", unit="batch", disable=not self.verbose):
             batch = topics.iloc[start:start + self.batch_size].reset_index(drop=True)
             query_vectors = self.index.encode_queries(batch["query"].tolist())  # (B, dim) tensor
             with torch.no_grad():
-                scores, leaves = self.leaf_scores(query_vectors).topk(k, dim=1)  # (B, k)
+                scores = self.cluster_scores(query_vectors)
+                k = min(self.num_clusters, scores.shape[1])
+                scores, leaves = scores.topk(k, dim=1)  # (B, k)
             frames.append(
                 expand_clusters(
                     self.index, batch, leaves.cpu().numpy(), (scores / self.temperature).double().cpu().numpy(),
@@ -90,28 +91,16 @@ class CentroidRouter(pt.Transformer):
         self.work.queries += len(topics)
         return pd.concat(frames, ignore_index=True)
 
-    def leaf_scores(self, query_vectors: torch.Tensor) -> torch.Tensor:
-        """Return the ``(B, num_leaves)`` centroid scores of ``(B, dim)`` query vectors (the better of a leaf's centroids)."""
-        centroids, offsets, owners = self._centroid_tensors(query_vectors.device)
-        scores = query_vectors @ centroids.T - offsets  # (B, L + A)
-        if owners is None:
-            return scores
-        per_leaf = scores.new_full((len(scores), self.index.tree.num_leaves), float("-inf"))
-        return per_leaf.scatter_reduce(1, owners.expand(len(scores), -1), scores, reduce="amax")
+    def cluster_scores(self, query_vectors: torch.Tensor) -> torch.Tensor:
+        """Return the ``(B, L + G)`` centroid scores of ``(B, dim)`` query vectors: L leaves, then G groups of added documents."""
+        centroids, offsets = self._centroid_tensors(query_vectors.device)
+        return query_vectors @ centroids.T - offsets
 
     def _centroid_tensors(self, device) -> tuple:
-        """Return ``(centroids (L + A, dim), offsets (L + A,), owners)`` with score = q . c - offset.
-
-        The first L rows are the leaves' centroids and the other A rows their added centroids.
-        ``owners`` maps each row to its leaf, and is None when there are no added centroids.
-        """
+        """Return ``(centroids (L + G, dim), offsets (L + G,))`` with score = q . c - offset."""
         if self._centroids is None or self._centroids[0].device != device:
-            added_leaves, added_centroids = self.index.added_centroids()
-            centroids = np.concatenate([np.asarray(self.index.tree.leaf_centroids, dtype=np.float32), added_centroids])
+            groups = self.index.added_groups()
+            centroids = np.concatenate([np.asarray(self.index.tree.leaf_centroids, dtype=np.float32), groups.centroids])
             centroids = torch.as_tensor(centroids, device=device)
-            offsets = centroid_offsets(centroids, self.index.tree.config.assign_metric)
-            owners = None
-            if len(added_leaves):
-                owners = torch.as_tensor(np.concatenate([np.arange(self.index.tree.num_leaves), added_leaves]), device=device)[None, :]
-            self._centroids = (centroids, offsets, owners)
+            self._centroids = (centroids, centroid_offsets(centroids, self.index.tree.config.assign_metric))
         return self._centroids

@@ -5,24 +5,28 @@ New documents are encoded, their vectors and docnos appended after the existing 
 The generator is untouched: it still decodes the same CIDs, and the new documents become
 candidates wherever their leaf is generated.
 
-Then the centroids, by ``centroids=``:
+Then the routing, by ``centroids=``:
 
-- ``"added"`` (the default): the build-time centroids stay, and each leaf that received
-  documents gets a second centroid, the mean of the documents added to it since the build
-  (``tree/added_centroids.npz``). :class:`~pyterrier_gdr.router.CentroidRouter` scores a leaf
-  by the nearer of its two centroids, and ``ClusterGenerator(added_clusters=m)`` adds the
-  ``m`` leaves whose added centroids best match the query to the clusters it decodes. Added
-  articles are often whole new topics: averaged into the old centroid they would be hidden,
-  while their own centroid finds them, and the old centroid still finds the old documents.
+- ``"added"`` (the default): the build-time centroids stay, and the documents added since
+  the build are clustered among themselves, with the tree's own hierarchical k-means, into
+  *groups* of about a leaf's size (``tree/added_groups.npz``). Each group has a centroid and
+  is a routing unit of its own: :class:`~pyterrier_gdr.router.CentroidRouter` ranks the
+  leaves and the groups together, and ``ClusterGenerator(added_clusters=m)`` adds the ``m``
+  groups whose centroids best match the query to the clusters it decodes. A group's
+  candidates are its own documents only. Added articles are often whole new topics: their
+  passages scatter over many old leaves, where they are a minority, while the groups keep
+  each topic together, as a rebuild's leaves would. Every addition re-clusters all the
+  documents added since the build, so the groups do not depend on how the additions were
+  batched. That costs a k-means over the added documents, not over the corpus.
 - ``"mean"``: the centroid of each leaf that received documents becomes the mean of all its
-  members, as k-means would compute it.
-- ``"keep"``: the build-time centroids only.
+  members, as k-means would compute it, and documents of those leaves leave their groups.
+- ``"keep"``: the build-time centroids only; the new documents join no group.
 
 Crash safety: the new rows are written past the committed end of ``vecs.f4`` and
 ``tree/doc_leaf.i4`` and into a new docno segment, and only the final atomic rewrite of
 ``pt_meta.json`` commits them. An interrupted addition leaves the index as it was; the
-next addition truncates the uncommitted tail. The centroids are rewritten after that
-commit (atomically); ``pt_meta.json`` records up to which document they are current
+next addition truncates the uncommitted tail. The centroids and groups are rewritten after
+that commit (atomically); ``pt_meta.json`` records up to which document they are current
 (``centroid_doc_count``), so centroids left stale by a crash at that point are refreshed by
 the next addition.
 """
@@ -41,10 +45,12 @@ import numpy as np
 from pyterrier_gdr._util import atomic_write, atomic_write_json
 from pyterrier_gdr.docnos import segment_builder, segment_name
 
-__all__ = ["AddResult", "CENTROID_MODES", "add_documents", "read_added_centroids", "refresh_centroids", "split_oversized_leaves"]
+__all__ = ["AddResult", "AddedGroups", "CENTROID_MODES", "add_documents", "read_added_groups", "refresh_centroids", "split_oversized_leaves"]
 
 CENTROID_MODES = ("added", "mean", "keep")
-ADDED_CENTROIDS = "added_centroids.npz"  # in the index's tree/ directory
+ADDED_GROUPS = "added_groups.npz"  # in the index's tree/ directory
+# Written by pyterrier-gdr 0.x before groups: one added centroid per leaf. Read as "group these leaves' added documents".
+LEGACY_ADDED_CENTROIDS = "added_centroids.npz"
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +102,9 @@ def add_documents(
         max_leaf_size: leaves above this size are reported; twice the tree's ``leaf_size`` when omitted.
         split_oversized: re-cluster the oversized leaves into children. This changes CIDs,
             so the generator must be retrained afterwards (the index records that).
-        centroids: ``"added"`` (a second centroid per leaf for its added documents), ``"mean"``
-            (recompute the centroids of the leaves that received documents) or ``"keep"``; see
-            the module docstring.
+        centroids: ``"added"`` (cluster the documents added since the build into groups that
+            route on their own), ``"mean"`` (recompute the centroids of the leaves that received
+            documents) or ``"keep"``; see the module docstring.
         count: the number of documents, for the progress bar.
 
     Returns:
@@ -194,57 +200,121 @@ def _base_count(index) -> int:
     return int(meta.get("centroid_base_count", meta["docno_segments"][0]))
 
 
-def read_added_centroids(index):
-    """Return ``(leaves (A,) int64, centroids (A, dim) float32)``, the added centroid of each leaf that has one."""
-    path = index.path / "tree" / ADDED_CENTROIDS
-    if not path.exists():
-        return np.empty(0, dtype=np.int64), np.empty((0, index.meta["vec_size"]), dtype=np.float32)
-    with np.load(path) as data:
-        return data["leaves"].astype(np.int64), data["centroids"].astype(np.float32)
+@dataclass
+class AddedGroups:
+    """Documents added since the build, clustered among themselves (see the module docstring).
+
+    ``doc_group[i]`` is the group of document ``first + i`` (-1: in no group); documents past
+    the end of ``doc_group`` are in no group.
+    """
+
+    first: int
+    doc_group: np.ndarray  # (n,) int32
+    centroids: np.ndarray  # (G, dim) float32
+
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+    def members(self) -> tuple:
+        """Return the CSR form ``(offsets (G + 1,), doc_ids)``: group ``g`` holds ``doc_ids[offsets[g]:offsets[g+1]]``."""
+        grouped = np.flatnonzero(self.doc_group >= 0)
+        order = grouped[np.argsort(self.doc_group[grouped], kind="stable")]
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.doc_group[grouped], minlength=len(self)), out=offsets[1:])
+        return offsets, (order + self.first).astype(np.int64)
+
+
+def _no_groups(index) -> AddedGroups:
+    return AddedGroups(_base_count(index), np.empty(0, dtype=np.int32), np.empty((0, index.meta["vec_size"]), dtype=np.float32))
+
+
+def _group(index, grouped: np.ndarray, first: int) -> AddedGroups:
+    """Cluster the documents ``first + i`` where ``grouped[i]``, with the tree's configuration."""
+    from pyterrier_gdr.clusters import build_cluster_tree
+
+    doc_group = np.full(len(grouped), -1, dtype=np.int32)
+    if not grouped.any():
+        return AddedGroups(first, doc_group, np.empty((0, index.meta["vec_size"]), dtype=np.float32))
+    vectors = index.vectors
+    if grouped.all():
+        chosen = vectors[first:first + len(grouped)]  # a memory map: k-means copies one node at a time
+    else:
+        chosen = np.asarray(vectors[first + np.flatnonzero(grouped)], dtype=np.float32)
+    tree = build_cluster_tree(chosen, index.tree.config)
+    doc_group[grouped] = tree.doc_leaf
+    return AddedGroups(first, doc_group, np.asarray(tree.leaf_centroids, dtype=np.float32))
+
+
+def read_added_groups(index) -> AddedGroups:
+    """Return the index's :class:`AddedGroups` (none when no documents were added with ``centroids="added"``).
+
+    An index written before groups existed has one added centroid per leaf instead; its added
+    documents in those leaves are grouped here, in memory, as an addition would group them now.
+    """
+    path = index.path / "tree" / ADDED_GROUPS
+    if path.exists():
+        with np.load(path) as data:
+            return AddedGroups(int(data["first"]), data["doc_group"].astype(np.int32), data["centroids"].astype(np.float32))
+    legacy = index.path / "tree" / LEGACY_ADDED_CENTROIDS
+    if legacy.exists():
+        with np.load(legacy) as data:
+            leaves = data["leaves"]
+        first = _base_count(index)
+        return _group(index, np.isin(index.tree.doc_leaf[first:len(index)], leaves), first)
+    return _no_groups(index)
+
+
+def _write_groups(index, groups: AddedGroups) -> None:
+    atomic_write(
+        index.path / "tree" / ADDED_GROUPS,
+        lambda fout: np.savez(fout, first=np.int64(groups.first), doc_group=groups.doc_group, centroids=groups.centroids),
+    )
+    legacy = index.path / "tree" / LEGACY_ADDED_CENTROIDS
+    if legacy.exists():
+        legacy.unlink()
 
 
 def refresh_centroids(index, *, since: int = 0, mode: str = "added") -> int:
-    """Update the centroids of every leaf that contains a document numbered ``since`` or later.
+    """Update centroids and groups for the documents numbered ``since`` or later.
 
     ``mode`` is one of :data:`CENTROID_MODES` (see the module docstring):
 
-    - ``"added"``: the leaf's added centroid becomes the mean of its members added since the build;
-    - ``"mean"``: the leaf's centroid becomes the mean of all its members, and its added
-      centroid is dropped, because that mean covers the added members too;
-    - ``"keep"``: no centroid changes.
+    - ``"added"``: those documents join the groups, and all grouped documents are clustered again;
+    - ``"mean"``: the centroid of each leaf they joined becomes the mean of all its members, and
+      that leaf's documents leave their groups (the mean covers them);
+    - ``"keep"``: no centroid changes, and those documents join no group.
 
-    Only those leaves' vectors are read, from the memory-mapped file. Each centroid file is
-    replaced atomically, then ``pt_meta.json`` records ``centroid_doc_count``.
+    Only the affected vectors are read, from the memory-mapped file. Each file is replaced
+    atomically, then ``pt_meta.json`` records ``centroid_doc_count``.
 
     Returns:
-        The number of leaves updated.
+        The number of leaves that received those documents.
     """
     tree = index.tree
     doc_count = len(index)
-    touched = np.unique(tree.doc_leaf[since:doc_count]) if mode != "keep" else np.empty(0, dtype=np.int64)
-    if len(touched):
+    touched = np.unique(tree.doc_leaf[since:doc_count])
+    groups = read_added_groups(index)
+    first = groups.first
+    # Which documents since the build are grouped: as before, then the new ones by mode.
+    grouped = np.zeros(max(doc_count - first, 0), dtype=bool)
+    known = min(len(groups.doc_group), len(grouped))
+    grouped[:known] = groups.doc_group[:known] >= 0
+    start = max(since - first, 0)
+    if mode == "added":
+        grouped[start:] = True
+    else:
+        grouped[start:] = False
+    if mode == "mean" and len(touched):
+        centroids = np.array(tree.leaf_centroids, dtype=np.float32, copy=True)
         vectors = index.vectors
-        added_leaves, added_centroids = read_added_centroids(index)
-        if mode == "mean":
-            centroids = np.array(tree.leaf_centroids, dtype=np.float32, copy=True)
-            for leaf in touched:
-                members = np.sort(tree.leaf_members(int(leaf)))
-                centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
-            atomic_write(index.path / "tree" / "leaf_centroids.f4", lambda fout: fout.write(np.ascontiguousarray(centroids).tobytes()))
-            keep = ~np.isin(added_leaves, touched)
-            added = dict(zip(added_leaves[keep].tolist(), added_centroids[keep]))
-        else:
-            base = _base_count(index)
-            added = dict(zip(added_leaves.tolist(), added_centroids))
-            for leaf in touched:
-                members = tree.leaf_members(int(leaf))
-                recent = np.sort(members[members >= base])
-                if len(recent):
-                    added[int(leaf)] = np.asarray(vectors[recent], dtype=np.float32).mean(axis=0)
-        if len(added) or len(added_leaves):
-            leaves = np.array(sorted(added), dtype=np.int64)
-            stacked = np.stack([added[leaf] for leaf in leaves.tolist()]) if len(leaves) else added_centroids[:0]
-            atomic_write(index.path / "tree" / ADDED_CENTROIDS, lambda fout: np.savez(fout, leaves=leaves, centroids=stacked))
+        for leaf in touched:
+            members = np.sort(tree.leaf_members(int(leaf)))
+            centroids[leaf] = np.asarray(vectors[members], dtype=np.float32).mean(axis=0)
+        atomic_write(index.path / "tree" / "leaf_centroids.f4", lambda fout: fout.write(np.ascontiguousarray(centroids).tobytes()))
+        grouped &= ~np.isin(tree.doc_leaf[first:doc_count], touched)
+    legacy = (index.path / "tree" / LEGACY_ADDED_CENTROIDS).exists()
+    if mode == "added" or legacy or not np.array_equal(grouped[:known], groups.doc_group[:known] >= 0):
+        _write_groups(index, _group(index, grouped, first))
     atomic_write_json(index.path / "pt_meta.json", dict(index.meta, centroid_doc_count=doc_count))
     index._reset_payload()
     return len(touched)

@@ -67,35 +67,41 @@ def assert_centroids_are_member_means(index, leaves):
         np.testing.assert_allclose(index.tree.leaf_centroids[leaf], np.asarray(index.vectors[members]).mean(0), rtol=1e-5, atol=1e-6)
 
 
-def assert_added_centroids_are_added_means(index, base_count):
-    leaves, centroids = index.added_centroids()
-    touched = np.unique(index.tree.doc_leaf[base_count:])
-    assert leaves.tolist() == touched.tolist()
-    for leaf, centroid in zip(leaves, centroids):
-        members = index.tree.leaf_members(int(leaf))
-        added = np.sort(members[members >= base_count])
-        np.testing.assert_allclose(centroid, np.asarray(index.vectors[added]).mean(0), rtol=1e-5, atol=1e-6)
+def assert_groups_cluster(index, grouped_docs):
+    """The index's groups are the tree's k-means of exactly ``grouped_docs``, each centroid its members' mean."""
+    from pyterrier_gdr.clusters import build_cluster_tree
+
+    groups = index.added_groups()
+    offsets, members = groups.members()
+    assert sorted(members.tolist()) == sorted(grouped_docs)
+    expected = build_cluster_tree(np.asarray(index.vectors[np.sort(grouped_docs)]), index.tree.config)
+    assert len(groups) == expected.num_leaves
+    assert groups.doc_group[np.sort(grouped_docs) - groups.first].tolist() == expected.doc_leaf.tolist()
+    for group in range(len(groups)):
+        docs = np.sort(members[offsets[group]:offsets[group + 1]])
+        assert 0 < len(docs) <= index.tree.config.leaf_size
+        np.testing.assert_allclose(groups.centroids[group], np.asarray(index.vectors[docs]).mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_touched_leaves_get_added_centroids(index_copy, new_docs):
+def test_added_documents_grouped(index_copy, new_docs):
     old_count = len(index_copy)
     centroids_before = index_copy.tree.leaf_centroids.copy()
-    assert len(index_copy.added_centroids()[0]) == 0
+    assert len(index_copy.added_groups()) == 0
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
-    assert_added_centroids_are_added_means(reopened, old_count)
+    assert_groups_cluster(reopened, list(range(old_count, len(reopened))))
+    assert len(reopened.added_groups()) > 1
     assert reopened.meta["centroid_doc_count"] == len(reopened)
 
 
-def test_second_addition_updates_added_centroids(index_copy, new_docs):
+def test_second_addition_regroups_all_added(index_copy, new_docs):
     old_count = len(index_copy)
     index_copy.add_documents(new_docs[:12])
-    first_leaves = index_copy.added_centroids()[0]
+    assert_groups_cluster(index_copy, list(range(old_count, old_count + 12)))
     index_copy.add_documents(new_docs[12:])
-    reopened = GDRIndex(index_copy.path, verbose=False)
-    assert set(first_leaves.tolist()) <= set(reopened.added_centroids()[0].tolist())
-    assert_added_centroids_are_added_means(reopened, old_count)
+    # The groups are those of one addition of all 24: they do not depend on how additions were batched.
+    assert_groups_cluster(GDRIndex(index_copy.path, verbose=False), list(range(old_count, old_count + len(new_docs))))
 
 
 def test_mean_centroids_of_touched_leaves(index_copy, new_docs):
@@ -108,19 +114,26 @@ def test_mean_centroids_of_touched_leaves(index_copy, new_docs):
     assert_centroids_are_member_means(reopened, touched)
     assert not np.array_equal(reopened.tree.leaf_centroids[touched], centroids_before[touched])
     assert np.array_equal(reopened.tree.leaf_centroids[untouched], centroids_before[untouched])
-    assert len(reopened.added_centroids()[0]) == 0
+    assert len(reopened.added_groups()) == 0
 
 
-def test_mean_mode_drops_covered_centroids(index_copy, new_docs):
+def test_mean_mode_ungroups_covered_documents(index_copy, new_docs):
     old_count = len(index_copy)
     index_copy.add_documents(new_docs[:12])
     index_copy.add_documents(new_docs[12:], centroids="mean")
     reopened = GDRIndex(index_copy.path, verbose=False)
-    recomputed = set(np.unique(reopened.tree.doc_leaf[old_count + 12:]).tolist())
-    first = set(np.unique(reopened.tree.doc_leaf[old_count:old_count + 12]).tolist())
-    leaves = set(reopened.added_centroids()[0].tolist())
-    assert not leaves & recomputed
-    assert leaves == first - recomputed
+    recomputed = np.unique(reopened.tree.doc_leaf[old_count + 12:])
+    first = np.arange(old_count, old_count + 12)
+    still_grouped = first[~np.isin(reopened.tree.doc_leaf[first], recomputed)]
+    assert 0 < len(still_grouped) < 12
+    assert_groups_cluster(reopened, still_grouped.tolist())
+
+
+def test_keep_mode_groups_nothing_new(index_copy, new_docs):
+    old_count = len(index_copy)
+    index_copy.add_documents(new_docs[:12])
+    index_copy.add_documents(new_docs[12:], centroids="keep")
+    assert_groups_cluster(GDRIndex(index_copy.path, verbose=False), list(range(old_count, old_count + 12)))
 
 
 def test_keep_mode_changes_no_centroid(index_copy, new_docs):
@@ -128,7 +141,7 @@ def test_keep_mode_changes_no_centroid(index_copy, new_docs):
     index_copy.add_documents(new_docs, centroids="keep")
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert np.array_equal(reopened.tree.leaf_centroids, centroids_before)
-    assert len(reopened.added_centroids()[0]) == 0
+    assert len(reopened.added_groups()) == 0
 
 
 def test_unknown_centroid_mode_rejected(index_copy, new_docs):
@@ -152,27 +165,58 @@ def test_stale_centroids_refreshed_next_addition(index_copy, new_docs, monkeypat
     monkeypatch.undo()
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert len(reopened) == old_count + 12  # the documents were committed before the crash
-    assert len(reopened.added_centroids()[0]) == 0
+    assert len(reopened.added_groups()) == 0
     reopened.add_documents(new_docs[12:])
-    assert_added_centroids_are_added_means(reopened, old_count)
+    assert_groups_cluster(reopened, list(range(old_count, old_count + len(new_docs))))
     assert reopened.meta["centroid_doc_count"] == old_count + len(new_docs)
 
 
-def test_router_scores_leaf_by_nearer_centroid(index_copy, new_docs):
+def test_router_ranks_groups_with_leaves(index_copy, new_docs):
     import torch
 
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
-    leaves, centroids = reopened.added_centroids()
-    scores = reopened.centroid_router().leaf_scores(torch.as_tensor(centroids[:1]))[0]
-    # "l2" scores are q . c - |c|^2 / 2: a query at the added centroid scores its leaf |c|^2 / 2.
-    query = torch.as_tensor(centroids[0])
-    assert scores[leaves[0]].item() == pytest.approx(float(query @ query / 2), rel=1e-5)
+    groups, leaves = reopened.added_groups(), reopened.tree.num_leaves
+    router = reopened.centroid_router(num_clusters=4)
+    scores = router.cluster_scores(torch.as_tensor(groups.centroids[:1]))[0]
+    assert scores.shape == (leaves + len(groups),)
+    # "l2" scores are q . c - |c|^2 / 2: a query at a group's centroid scores that group |c|^2 / 2.
+    query = torch.as_tensor(groups.centroids[0])
+    assert scores[leaves].item() == pytest.approx(float(query @ query / 2), rel=1e-5)
     tree_centroids = torch.as_tensor(np.asarray(reopened.tree.leaf_centroids))
-    plain = tree_centroids @ query - (tree_centroids * tree_centroids).sum(1) / 2
-    untouched = np.setdiff1d(np.arange(reopened.tree.num_leaves), leaves)
-    assert torch.allclose(scores[untouched], plain[untouched])
-    assert (scores >= plain - 1e-6).all()
+    assert torch.allclose(scores[:leaves], tree_centroids @ query - (tree_centroids * tree_centroids).sum(1) / 2)
+
+    topics = pd.DataFrame({"qid": ["1", "2"], "query": [new_docs[0]["text"], new_docs[20]["text"]]})
+    candidates = router(topics)
+    offsets, members = groups.members()
+    for _, rows in candidates.groupby("qid"):
+        assert rows["docno"].is_unique
+        assert rows["cluster_id"].nunique() <= 4
+        seen = set()
+        for cluster, cluster_rows in rows.groupby("cluster_rank", sort=True):
+            cluster_id = cluster_rows["cluster_id"].iloc[0]
+            if cluster_id < leaves:
+                docs = reopened.tree.leaf_members(cluster_id)
+            else:  # a group: its own documents only, less those of better-ranked leaves
+                docs = members[offsets[cluster_id - leaves]:offsets[cluster_id - leaves + 1]]
+            expected = set(reopened.docnos_of(np.sort(docs)).tolist()) - seen
+            assert set(cluster_rows["docno"]) == expected
+            seen |= expected
+    assert (candidates["cluster_id"] >= leaves).any()
+
+
+def test_legacy_added_centroids_read_as_groups(index_copy, new_docs):
+    """An index from before groups has tree/added_centroids.npz; its added documents are grouped on reading."""
+    old_count = len(index_copy)
+    index_copy.add_documents(new_docs, centroids="keep")
+    touched = np.unique(index_copy.tree.doc_leaf[old_count:])[:2]
+    np.savez(index_copy.path / "tree" / "added_centroids.npz", leaves=touched, centroids=index_copy.tree.leaf_centroids[touched])
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    in_touched = np.flatnonzero(np.isin(reopened.tree.doc_leaf[old_count:], touched)) + old_count
+    assert_groups_cluster(reopened, in_touched.tolist())
+    reopened.add_documents([{"docno": "solo", "text": "A new passage."}])
+    assert not (reopened.path / "tree" / "added_centroids.npz").exists()
+    assert_groups_cluster(GDRIndex(index_copy.path, verbose=False), in_touched.tolist() + [len(reopened) - 1])
 
 
 def test_added_documents_retrievable(tmp_path, trained_index, new_docs):
@@ -252,8 +296,8 @@ def test_split_oversized_marks_model_stale(index_copy, new_docs):
     reopened = GDRIndex(index_copy.path, verbose=False)
     assert reopened.tree.leaf_sizes().max() <= max(3, reopened.tree.config.leaf_size)
     assert reopened.tree.leaf_sizes().sum() == len(reopened)
-    # Every centroid is now a mean over all its members: no added centroids, no document counted as added.
-    assert len(reopened.added_centroids()[0]) == 0
+    # Every centroid is now a mean over all its members: no groups, no document counted as added.
+    assert len(reopened.added_groups()) == 0
     assert reopened.meta["centroid_base_count"] == len(reopened)
     topics = pd.DataFrame({"qid": ["1"], "query": ["Super Bowl"]})
     with pytest.raises(ValueError, match="retrain it"):
@@ -266,7 +310,7 @@ def test_cli_add_documents(index_copy, new_docs, squad_slice, tmp_path, write_js
     assert main(["add-documents", str(index_copy.path), str(path), "--quiet"]) == 0
     assert "added 6 documents" in capsys.readouterr().out
     assert len(GDRIndex(index_copy.path)) == len(squad_slice[0]) + 6
-    assert len(GDRIndex(index_copy.path).added_centroids()[0]) > 0
+    assert len(GDRIndex(index_copy.path).added_groups()) > 0
 
 
 def test_cli_add_documents_mean_centroids(index_copy, new_docs, tmp_path, write_jsonl):
@@ -274,40 +318,46 @@ def test_cli_add_documents_mean_centroids(index_copy, new_docs, tmp_path, write_
     old_count = len(index_copy)
     assert main(["add-documents", str(index_copy.path), str(path), "--centroids", "mean", "--quiet"]) == 0
     reopened = GDRIndex(index_copy.path, verbose=False)
-    assert len(reopened.added_centroids()[0]) == 0
+    assert len(reopened.added_groups()) == 0
     assert_centroids_are_member_means(reopened, np.unique(reopened.tree.doc_leaf[old_count:]))
 
 
 def test_generator_adds_added_clusters(index_copy, new_docs):
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
-    added_leaves = set(reopened.added_centroids()[0].tolist())
+    groups, leaves = reopened.added_groups(), reopened.tree.num_leaves
+    offsets, members = groups.members()
     topics = pd.DataFrame({"qid": ["1", "2"], "query": [new_docs[0]["text"], "Super Bowl"]})
     plain = reopened.cluster_generator(num_clusters=2)(topics)
-    extended = reopened.cluster_generator(num_clusters=2, added_clusters=3)(topics)
+    extended = reopened.cluster_generator(num_clusters=2, added_clusters=2)(topics)
     for qid, rows in extended.groupby("qid"):
         decoded = plain[plain["qid"] == qid]
-        clusters = rows.drop_duplicates("cluster_id")
-        extra = clusters[~clusters["cluster_id"].isin(decoded["cluster_id"])]
-        assert len(clusters) == decoded["cluster_id"].nunique() + 3
-        assert set(extra["cluster_id"]) <= added_leaves
-        assert (extra["cluster_score"] == decoded["cluster_score"].min()).all()
-        assert (extra["cluster_rank"] >= 2).all()
         # The decoded clusters come first, unchanged.
         pd.testing.assert_frame_equal(rows.head(len(decoded)).reset_index(drop=True), decoded.reset_index(drop=True))
+        extra = rows.iloc[len(decoded):]
+        assert (extra["cluster_id"] >= leaves).all()
+        assert (extra["cluster_score"] == decoded["cluster_score"].min()).all()
+        assert (extra["cluster_rank"] >= 2).all()
+        chosen = extra["cluster_id"].unique() - leaves
+        docs = np.concatenate([members[offsets[g]:offsets[g + 1]] for g in chosen])
+        assert set(extra["docno"]) == set(reopened.docnos_of(np.sort(docs)).tolist()) - set(decoded["docno"])
+        assert rows["docno"].is_unique
 
 
 def test_generator_added_clusters_picks_nearest(index_copy, new_docs):
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
-    leaves, centroids = reopened.added_centroids()
+    groups = reopened.added_groups()
+    offsets, members = groups.members()
     topics = pd.DataFrame({"qid": ["1"], "query": [new_docs[5]["text"]]})
     extended = reopened.cluster_generator(num_clusters=1, added_clusters=1)(topics)
-    decoded = extended[extended["cluster_rank"] == 0]["cluster_id"].iloc[0]
     vector = extended["query_vec"].iloc[0]
-    scores = centroids @ vector - (centroids * centroids).sum(1) / 2
-    best = [leaf for leaf in leaves[np.argsort(-scores)] if leaf != decoded][0]
-    assert extended[extended["cluster_rank"] == 1]["cluster_id"].iloc[0] == best
+    best = int(np.argmax(groups.centroids @ vector - (groups.centroids * groups.centroids).sum(1) / 2))
+    decoded = extended[extended["cluster_rank"] == 0]
+    expected = set(reopened.docnos_of(np.sort(members[offsets[best]:offsets[best + 1]])).tolist()) - set(decoded["docno"])
+    extra = extended[extended["cluster_rank"] == 1]
+    assert expected and set(extra["docno"]) == expected
+    assert (extra["cluster_id"] == best + reopened.tree.num_leaves).all()
 
 
 def test_generator_added_clusters_rejects_negative(index_copy):
