@@ -215,13 +215,17 @@ class AddedGroups:
     def __len__(self) -> int:
         return len(self.centroids)
 
+    _members: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+
     def members(self) -> tuple:
         """Return the CSR form ``(offsets (G + 1,), doc_ids)``: group ``g`` holds ``doc_ids[offsets[g]:offsets[g+1]]``."""
-        grouped = np.flatnonzero(self.doc_group >= 0)
-        order = grouped[np.argsort(self.doc_group[grouped], kind="stable")]
-        offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(self.doc_group[grouped], minlength=len(self)), out=offsets[1:])
-        return offsets, (order + self.first).astype(np.int64)
+        if self._members is None:
+            grouped = np.flatnonzero(self.doc_group >= 0)
+            order = grouped[np.argsort(self.doc_group[grouped], kind="stable")]
+            offsets = np.zeros(len(self) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.doc_group[grouped], minlength=len(self)), out=offsets[1:])
+            self._members = (offsets, (order + self.first).astype(np.int64))
+        return self._members
 
 
 def _no_groups(index) -> AddedGroups:
