@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=1, help="disjoint held-out sets compared in turn, their questions pooled")
     parser.add_argument("--other-questions", type=int, default=500, help="questions on the other articles scored too (a seeded sample)")
-    parser.add_argument("--added-clusters", type=int, default=3, help="clusters found by added centroids, on top of the generator's")
+    parser.add_argument("--added-clusters", type=int, default=3, help="groups of added documents found by their centroids, on top of the generator's clusters")
     parser.add_argument("--work", default="/tmp/pyterrier-gdr-add")
     args = parser.parse_args()
 

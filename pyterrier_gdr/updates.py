@@ -49,7 +49,7 @@ __all__ = ["AddResult", "AddedGroups", "CENTROID_MODES", "add_documents", "read_
 
 CENTROID_MODES = ("added", "mean", "keep")
 ADDED_GROUPS = "added_groups.npz"  # in the index's tree/ directory
-# Written by pyterrier-gdr 0.x before groups: one added centroid per leaf. Read as "group these leaves' added documents".
+# Written before groups existed: one added centroid per leaf. Its leaves' added documents are grouped when read.
 LEGACY_ADDED_CENTROIDS = "added_centroids.npz"
 
 logger = logging.getLogger(__name__)
