@@ -67,6 +67,28 @@ def _int_sequence_rows(lookup, keys: np.ndarray) -> np.ndarray:
     return result
 
 
+def _inverse(lookup, keys: np.ndarray) -> np.ndarray:
+    """Return ``lookup.inv`` of ``keys`` as int64, -1 where absent.
+
+    The inverse lookup of npids 0.1 over a numbered block (``p_1, p_2, ...``) raises a
+    ValueError for some keys: when every key is shorter than the block's prefix (``"zz"``),
+    or when a key is the prefix followed by no digits (``"p_"``, ``"p_x"``). Such keys cannot
+    be in the block, so after a failure each key is looked up alone, with a long key that no
+    docno equals beside it, and a key that still fails is absent.
+    """
+    try:
+        return np.asarray(lookup.inv[keys], dtype=np.int64)
+    except ValueError:
+        pass
+    result = np.full(len(keys), -1, dtype=np.int64)
+    for i, key in enumerate(keys.tolist()):
+        try:
+            result[i] = int(lookup.inv[np.array([key, _PADDING_KEY * 64])][0])
+        except ValueError:
+            pass
+    return result
+
+
 class SegmentedDocnos:
     """Forward (id -> docno) and inverse (docno -> id) lookups over consecutive npids segments.
 
@@ -106,7 +128,7 @@ class SegmentedDocnos:
             missing = np.flatnonzero(result < 0)
             if not len(missing):
                 break
-            found = np.asarray(lookup.inv[keys[missing]], dtype=np.int64)
+            found = _inverse(lookup, keys[missing])
             unfound = found < 0
             if unfound.any():
                 found[unfound] = _int_sequence_rows(lookup, keys[missing[unfound]])

@@ -31,3 +31,16 @@ def test_unknown_docnos_not_found(tmp_path):
     docnos = write_segments(tmp_path, [["doc-0100", "doc-0101"], ["new-001", "new-002", "new-003"], ["x7"]])
     unknown = ["new-000", "new-004", "new-3", "doc-0099", "doc-0102", "doc-100", "x8", "\x00pyterrier-gdr-padding"]
     assert docnos.inv(unknown).tolist() == [-1] * len(unknown)
+
+
+@pytest.mark.parametrize("keys", [["zz"], ["p"], ["p_"], ["p_x"], ["zz", "p_"]], ids=["short", "shorter", "prefix", "no-digits", "mixed"])
+def test_keys_npids_rejects_not_found(tmp_path, keys):
+    # npids 0.1 raises on these keys against a numbered block; they are simply absent.
+    docnos = write_segments(tmp_path, [["p_1", "p_2", "p_3"]])
+    assert docnos.inv(keys).tolist() == [-1] * len(keys)
+    assert docnos.inv(keys + ["p_3"]).tolist() == [-1] * len(keys) + [2]
+
+
+def test_short_docno_added_after_numbered_run(tmp_path):
+    docnos = write_segments(tmp_path, [["p_1", "p_2", "p_3"], ["zz"]])
+    assert docnos.inv(["zz", "p_2", "p_"]).tolist() == [3, 1, -1]
