@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -72,10 +73,14 @@ def _add_documents(args: argparse.Namespace) -> int:
     docs = corpus
     if title_in_text:
         docs = ({**d, "text": f"{d['title']}. {d['text']}" if d["title"] else d["text"]} for d in corpus)
-    result = index.add_documents(
-        docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized,
-        centroids=args.centroids, count=corpus.count,
-    )
+    with warnings.catch_warnings():
+        # The oversized leaves are reported below, with the CLI's flag, so the library's warning is not repeated.
+        warnings.filterwarnings("ignore", message=r".* leaves now hold more than ")
+        warnings.filterwarnings("ignore", message=r"split \d+ leaves of ")
+        result = index.add_documents(
+            docs, max_leaf_size=args.max_leaf_size, split_oversized=args.split_oversized,
+            centroids=args.centroids, count=corpus.count,
+        )
     noun = "document" if result.added == 1 else "documents"
     print(f"added {result.added:,} {noun} in {result.seconds:.1f} s; {args.index} now holds {result.doc_count:,}")
     if result.oversized_leaves:

@@ -321,13 +321,14 @@ def _kmeans(vectors: np.ndarray, doc_ids: np.ndarray, k: int, config: ClusterTre
     return assignment
 
 
-def build_cluster_tree(vectors: np.ndarray, config: Optional[ClusterTreeConfig] = None, *, verbose: bool = False) -> ClusterTree:
+def build_cluster_tree(vectors: np.ndarray, config: Optional[ClusterTreeConfig] = None, *, verbose: bool = False, log: bool = True) -> ClusterTree:
     """Cluster ``vectors`` into a tree by hierarchical k-means.
 
     Args:
         vectors: ``(n_docs, dim)`` document vectors (a memory map is fine; nodes are copied one at a time).
         config: tree parameters; the GDR paper's 30/30 when omitted.
         verbose: show a progress bar over documents placed in leaves.
+        log: log the tree's leaf-size summary (at INFO level).
 
     Returns:
         The :class:`ClusterTree`; its ``stats()`` report the leaf-size distribution.
@@ -388,6 +389,8 @@ def build_cluster_tree(vectors: np.ndarray, config: Optional[ClusterTreeConfig] 
         centroids[leaf] = np.asarray(vectors[doc_ids], dtype=np.float32).mean(axis=0)
 
     tree = ClusterTree(leaf_codes, doc_leaf, centroids, config)
+    if not log:
+        return tree
     stats = tree.stats()
     logger.info(
         "cluster tree: %d documents in %d leaves; leaf size min %d, median %.1f, mean %.1f, max %d; "

@@ -97,8 +97,8 @@ class GDRIndex(pta.Artifact):
         meta_path = self.path / "pt_meta.json"
         if not meta_path.exists():
             raise IndexFormatError(
-                f"{self.path} has no pt_meta.json, so it is not a complete GDR index (an interrupted build?). "
-                "Remove the directory and build it again."
+                f"{self.path} has no pt_meta.json, so it is not a complete GDR index. Check the path; if it is an "
+                "interrupted build, remove that directory and build the index again."
             )
         try:
             with open(meta_path, encoding="utf-8") as fin:

