@@ -42,7 +42,7 @@ def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_sco
 
     A cluster is a leaf (``0 <= id < num_leaves``) or a group of added documents (``num_leaves + g``
     for group ``g``, see :meth:`~pyterrier_gdr.index.GDRIndex.added_groups`). An added document
-    can be in both its leaf and its group; it is listed once, under the better-ranked cluster.
+    can be in both its leaf and its group. It is listed once, under the better-ranked cluster.
 
     Args:
         index: the :class:`~pyterrier_gdr.index.GDRIndex`.
@@ -53,7 +53,7 @@ def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_sco
     """
     offsets, members = index.tree.members()
     num_leaves = len(offsets) - 1
-    groups = None
+    group_offsets = group_members = None  # read on the first group
     rows_topic, rows_doc, rows_leaf, rows_score, rows_rank = [], [], [], [], []
     for i in range(len(topics)):
         for rank, (leaf, score) in enumerate(zip(leaves[i], cluster_scores[i])):
@@ -62,9 +62,10 @@ def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_sco
             if leaf < num_leaves:
                 docs = members[offsets[leaf]:offsets[leaf + 1]]
             else:
-                if groups is None:
-                    groups = index.added_groups().members()
-                docs = groups[1][groups[0][leaf - num_leaves]:groups[0][leaf - num_leaves + 1]]
+                if group_offsets is None:
+                    group_offsets, group_members = index.added_groups().members()
+                group = leaf - num_leaves
+                docs = group_members[group_offsets[group]:group_offsets[group + 1]]
             rows_topic.append(np.full(len(docs), i))
             rows_doc.append(docs)
             rows_leaf.append(np.full(len(docs), leaf))
@@ -75,7 +76,7 @@ def expand_clusters(index, topics: pd.DataFrame, leaves: np.ndarray, cluster_sco
     topic_index = np.concatenate(rows_topic)
     doc_ids = np.concatenate(rows_doc)
     keep = slice(None)
-    if groups is not None:  # leaves are disjoint, but a group overlaps the leaves its documents joined
+    if group_offsets is not None:  # leaves are disjoint, but a group overlaps the leaves its documents joined
         _, first = np.unique(topic_index * (int(doc_ids.max()) + 1) + doc_ids, return_index=True)
         keep = np.sort(first)
         topic_index, doc_ids = topic_index[keep], doc_ids[keep]
@@ -110,8 +111,8 @@ class ClusterGenerator(pt.Transformer):
             the documents added since the build among themselves (see
             :meth:`~pyterrier_gdr.index.GDRIndex.add_documents`). The generator never saw those
             documents, so this routes queries to them without retraining. Each such group gets
-            the query's lowest decoded ``cluster_score``; documents already among the decoded
-            leaves' are not repeated.
+            the query's lowest decoded ``cluster_score``. Documents already among the decoded
+            leaves are not repeated.
         verbose: show progress over query batches.
     """
 

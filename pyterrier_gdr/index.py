@@ -426,8 +426,9 @@ class GDRIndex(pta.Artifact):
         interrupted addition leaves the index as it was. By default (``centroids="added"``) the
         documents added since the build are clustered among themselves into groups, which
         centroid routing and ``cluster_generator(added_clusters=...)`` route to as clusters of
-        their own; ``"mean"`` recomputes the centroids of the leaves that received documents
-        instead, and ``"keep"`` leaves the centroids as built (see :mod:`pyterrier_gdr.updates`). Leaves that grow past ``max_leaf_size`` (twice
+        their own. ``"mean"`` recomputes the centroids of the leaves that received documents
+        instead, and ``"keep"`` leaves the centroids as built (see :mod:`pyterrier_gdr.updates`).
+        Leaves that grow past ``max_leaf_size`` (twice
         the tree's leaf size by default) are reported; with ``split_oversized`` they are
         re-clustered, which changes CIDs and so requires retraining the generator.
 

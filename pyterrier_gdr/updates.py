@@ -20,7 +20,7 @@ Then the routing, by ``centroids=``:
   batched. That costs a k-means over the added documents, not over the corpus.
 - ``"mean"``: the centroid of each leaf that received documents becomes the mean of all its
   members, as k-means would compute it, and documents of those leaves leave their groups.
-- ``"keep"``: the build-time centroids only; the new documents join no group.
+- ``"keep"``: the build-time centroids only, and the new documents join no group.
 
 Crash safety: the new rows are written past the committed end of ``vecs.f4`` and
 ``tree/doc_leaf.i4`` and into a new docno segment, and only the final atomic rewrite of
@@ -215,11 +215,10 @@ class AddedGroups:
     first: int
     doc_group: np.ndarray  # (n,) int32
     centroids: np.ndarray  # (G, dim) float32
+    _members: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.centroids)
-
-    _members: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def members(self) -> tuple:
         """Return the CSR form ``(offsets (G + 1,), doc_ids)``: group ``g`` contains ``doc_ids[offsets[g]:offsets[g+1]]``."""
@@ -230,10 +229,6 @@ class AddedGroups:
             np.cumsum(np.bincount(self.doc_group[grouped], minlength=len(self)), out=offsets[1:])
             self._members = (offsets, (order + self.first).astype(np.int64))
         return self._members
-
-
-def _no_groups(index) -> AddedGroups:
-    return AddedGroups(_base_count(index), np.empty(0, dtype=np.int32), np.empty((0, index.meta["vec_size"]), dtype=np.float32))
 
 
 def _group(index, grouped: np.ndarray, first: int) -> AddedGroups:
@@ -270,7 +265,7 @@ def read_added_groups(index) -> AddedGroups:
             leaves = data["leaves"]
         first = _base_count(index)
         return _group(index, np.isin(index.tree.doc_leaf[first:len(index)], leaves), first)
-    return _no_groups(index)
+    return _group(index, np.zeros(0, dtype=bool), _base_count(index))
 
 
 def _write_groups(index, groups: AddedGroups) -> None:

@@ -74,7 +74,8 @@ def test_package_round_trip_keeps_added_documents(trained_index, squad_slice, tm
     mine, theirs = grown.added_groups(), loaded.added_groups()
     assert len(mine) > 0
     assert mine.first == theirs.first
-    assert np.array_equal(mine.doc_group, theirs.doc_group) and np.array_equal(mine.centroids, theirs.centroids)
+    assert np.array_equal(mine.doc_group, theirs.doc_group)
+    assert np.array_equal(mine.centroids, theirs.centroids)
 
     def routed(index):
         generator = index.cluster_generator(num_clusters=2, added_clusters=2) >> index.intra_cluster_ranker(num_results=10)

@@ -34,8 +34,8 @@ def test_unknown_docnos_not_found(tmp_path):
 
 
 @pytest.mark.parametrize("keys", [["zz"], ["p"], ["p_"], ["p_x"], ["zz", "p_"]], ids=["short", "shorter", "prefix", "no-digits", "mixed"])
-def test_keys_npids_rejects_not_found(tmp_path, keys):
-    # npids 0.1 raises on these keys against a numbered block; they are simply absent.
+def test_keys_npids_fails_on_absent(tmp_path, keys):
+    # npids 0.1 raises a ValueError on these keys against a numbered block. They are reported absent.
     docnos = write_segments(tmp_path, [["p_1", "p_2", "p_3"]])
     assert docnos.inv(keys).tolist() == [-1] * len(keys)
     assert docnos.inv(keys + ["p_3"]).tolist() == [-1] * len(keys) + [2]

@@ -206,8 +206,8 @@ def test_router_ranks_groups_with_leaves(index_copy, new_docs):
     assert (candidates["cluster_id"] >= leaves).any()
 
 
-def test_legacy_added_centroids_read_as_groups(index_copy, new_docs):
-    """An index from before groups has tree/added_centroids.npz; its added documents are grouped on reading."""
+def test_legacy_centroids_read_as_groups(index_copy, new_docs):
+    """An index from before groups has tree/added_centroids.npz. Its added documents are grouped on reading."""
     old_count = len(index_copy)
     index_copy.add_documents(new_docs, centroids="keep")
     touched = np.unique(index_copy.tree.doc_leaf[old_count:])[:2]
