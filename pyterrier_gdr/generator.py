@@ -106,24 +106,28 @@ class ClusterGenerator(pt.Transformer):
         num_clusters: clusters per query whose documents are returned.
         beam_size: beams of the constrained beam search; ``num_clusters`` when omitted.
         batch_size: queries decoded together.
-        added_clusters: also return, per query, the documents of up to this many groups of
-            added documents, those whose centroids best match the query vector. Groups cluster
-            the documents added since the build among themselves (see
+        added_clusters: also return, per query, the documents of the groups of added
+            documents that centroid routing with this many clusters would choose: the groups
+            among the ``added_clusters`` best-matching centroids of leaves and groups together
+            (see :class:`~pyterrier_gdr.router.CentroidRouter`). Groups cluster the documents
+            added since the build among themselves (see
             :meth:`~pyterrier_gdr.index.GDRIndex.add_documents`). The generator never saw those
-            documents, so this routes queries to them without retraining. Each such group gets
-            the query's lowest decoded ``cluster_score``. Documents already among the decoded
-            leaves are not repeated.
+            documents, so this routes queries to them without retraining. A query on an old
+            topic matches leaves better than groups and gets few groups or none. ``None`` (the
+            default) means ``num_clusters``, and 0 turns it off. On an index with no added
+            documents it changes nothing. Each group gets the query's lowest decoded
+            ``cluster_score``. Documents already among the decoded leaves are not repeated.
         verbose: show progress over query batches.
     """
 
     def __init__(
         self, index, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
-        added_clusters: int = 0, verbose: bool = False,
+        added_clusters: Optional[int] = None, verbose: bool = False,
     ):
         if num_clusters < 1:
             raise ValueError(f"num_clusters={num_clusters} is invalid; it must be at least 1")
-        if added_clusters < 0:
-            raise ValueError(f"added_clusters={added_clusters} is invalid; it must be 0 (off) or more")
+        if added_clusters is not None and added_clusters < 0:
+            raise ValueError(f"added_clusters={added_clusters} is invalid; it must be 0 (off), more, or None (num_clusters)")
         if beam_size is not None and beam_size < num_clusters:
             raise ValueError(f"beam_size={beam_size} is smaller than num_clusters={num_clusters}; use beam_size >= num_clusters")
         self.index = index
@@ -131,8 +135,9 @@ class ClusterGenerator(pt.Transformer):
         self.beam_size = beam_size
         self.batch_size = batch_size
         self.cache = cache
-        self.added_clusters = added_clusters
+        self.added_clusters = num_clusters if added_clusters is None else added_clusters
         self.verbose = verbose
+        self._router = None  # ranks leaf and group centroids for added_clusters
         self.work = WorkCounter()
         self._decoded = {}
 
@@ -170,21 +175,28 @@ class ClusterGenerator(pt.Transformer):
         return expand_clusters(self.index, topics, leaves, scores, vectors)
 
     def _with_added_clusters(self, leaves: np.ndarray, scores: np.ndarray, vectors: np.ndarray) -> tuple:
-        """Append to ``(B, C)`` decoded leaves and scores the ``added_clusters`` groups whose centroids match best."""
+        """Append to ``(B, C)`` decoded leaves and scores the groups that centroid routing with ``added_clusters`` clusters chooses."""
         groups = self.index.added_groups()
         if not len(groups):
             return leaves, scores
-        from pyterrier_gdr.router import centroid_offsets
+        from pyterrier_gdr.router import CentroidRouter
 
-        # Scored as CentroidRouter scores centroids.
-        offsets = centroid_offsets(groups.centroids, self.index.tree.config.assign_metric)
-        matches = vectors.astype(np.float32) @ groups.centroids.T - offsets  # (B, G)
-        count = min(self.added_clusters, len(groups))
-        best = np.argsort(-matches, axis=1, kind="stable")[:, :count]  # (B, count)
-        finite = np.where(np.isfinite(scores), scores, np.inf).min(axis=1, keepdims=True)  # the lowest decoded score
-        extra_scores = np.repeat(np.where(np.isfinite(finite), finite, 0.0), count, axis=1)
-        return (np.concatenate([leaves, best + self.index.tree.num_leaves], axis=1),
-                np.concatenate([scores, extra_scores], axis=1))
+        if self._router is None:
+            self._router = CentroidRouter(self.index, num_clusters=self.added_clusters)
+        with torch.no_grad():
+            units = self._router.cluster_scores(torch.as_tensor(vectors, dtype=torch.float32))  # (B, L + G)
+            best = units.topk(min(self.added_clusters, units.shape[1]), dim=1).indices.cpu().numpy()  # (B, m), best first
+        num_leaves = self.index.tree.num_leaves
+        # Keep the groups in their centroid order and drop the leaves (the generator chose the leaves).
+        chosen = np.where(best >= num_leaves, best, -1)
+        chosen = np.take_along_axis(chosen, np.argsort(chosen < 0, axis=1, kind="stable"), axis=1)
+        width = int((chosen >= 0).sum(axis=1).max())
+        if width == 0:
+            return leaves, scores
+        chosen = chosen[:, :width]
+        lowest = np.where(np.isfinite(scores), scores, np.inf).min(axis=1, keepdims=True)  # the lowest decoded score
+        extra_scores = np.where(chosen >= 0, np.where(np.isfinite(lowest), lowest, 0.0), -np.inf)
+        return np.concatenate([leaves, chosen], axis=1), np.concatenate([scores, extra_scores], axis=1)
 
     def _decode(self, queries: List[str], beam: int) -> dict:
         """Return ``{(query, beam): (leaves, scores, query_vector)}`` for ``queries``, decoded in batches."""

@@ -425,8 +425,8 @@ class GDRIndex(pta.Artifact):
         The existing vectors and docnos are not rewritten, the generator is untouched, and an
         interrupted addition leaves the index as it was. By default (``centroids="added"``) the
         documents added since the build are clustered among themselves into groups, which
-        centroid routing and ``cluster_generator(added_clusters=...)`` route to as clusters of
-        their own. ``"mean"`` recomputes the centroids of the leaves that received documents
+        centroid routing and the cluster generator route to as clusters of their own.
+        ``"mean"`` recomputes the centroids of the leaves that received documents
         instead, and ``"keep"`` leaves the centroids as built (see :mod:`pyterrier_gdr.updates`).
         Leaves that grow past ``max_leaf_size`` (twice
         the tree's leaf size by default) are reported; with ``split_oversized`` they are
@@ -458,7 +458,7 @@ class GDRIndex(pta.Artifact):
 
     def cluster_generator(
         self, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
-        added_clusters: int = 0, verbose: Optional[bool] = None,
+        added_clusters: Optional[int] = None, verbose: Optional[bool] = None,
     ):
         """Return the :class:`~pyterrier_gdr.generator.ClusterGenerator` of this index.
 
@@ -467,8 +467,9 @@ class GDRIndex(pta.Artifact):
             beam_size: beams of the constrained search (at least ``num_clusters``; equal when omitted).
             cache: keep decoded queries in memory, so repeated runs (e.g. a grid search over the
                 ranker's ``alpha``) decode each query once.
-            added_clusters: also return the documents of this many groups of added documents,
-                those whose centroids best match the query (see :meth:`add_documents`).
+            added_clusters: also return the documents of the groups of added documents that
+                centroid routing with this many clusters would choose (see :meth:`add_documents`);
+                ``num_clusters`` when omitted, 0 for none.
         """
         from pyterrier_gdr.generator import ClusterGenerator
 

@@ -11,8 +11,9 @@ Then the routing, by ``centroids=``:
   the build are clustered among themselves, with the tree's own hierarchical k-means, into
   *groups* of about a leaf's size (``tree/added_groups.npz``). Each group has a centroid and
   is a routing unit of its own: :class:`~pyterrier_gdr.router.CentroidRouter` ranks the
-  leaves and the groups together, and ``ClusterGenerator(added_clusters=m)`` adds the ``m``
-  groups whose centroids best match the query to the clusters it decodes. A group's
+  leaves and the groups together, and :class:`~pyterrier_gdr.generator.ClusterGenerator`
+  adds to the clusters it decodes the groups that this centroid ranking places among its
+  best ``added_clusters`` (by default, as many as the clusters it decodes). A group's
   candidates are its own documents only. Added articles are often whole new topics: their
   passages scatter over many old leaves, where they are a minority, while the groups keep
   each topic together, as a rebuild's leaves would. Every addition re-clusters all the

@@ -323,14 +323,24 @@ def test_cli_add_documents_mean_centroids(index_copy, new_docs, tmp_path, write_
     assert_centroids_are_member_means(reopened, np.unique(reopened.tree.doc_leaf[old_count:]))
 
 
+def expected_groups(index, query_vector, count):
+    """The groups among the ``count`` best centroids of leaves and groups together, best first."""
+    leaf_centroids, group_centroids = index.tree.leaf_centroids, index.added_groups().centroids
+    units = np.concatenate([leaf_centroids, group_centroids])
+    scores = units @ query_vector - (units * units).sum(1) / 2  # the tree's l2 rule
+    best = np.argsort(-scores, kind="stable")[:count]
+    return [int(unit) - len(leaf_centroids) for unit in best if unit >= len(leaf_centroids)]
+
+
 def test_generator_adds_added_clusters(index_copy, new_docs):
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
     groups, leaves = reopened.added_groups(), reopened.tree.num_leaves
     offsets, members = groups.members()
     topics = pd.DataFrame({"qid": ["1", "2"], "query": [new_docs[0]["text"], "Super Bowl"]})
-    plain = reopened.cluster_generator(num_clusters=2)(topics)
-    extended = reopened.cluster_generator(num_clusters=2, added_clusters=2)(topics)
+    plain = reopened.cluster_generator(num_clusters=2, added_clusters=0)(topics)
+    assert (plain["cluster_id"] < leaves).all()
+    extended = reopened.cluster_generator(num_clusters=2, added_clusters=4)(topics)
     for qid, rows in extended.groupby("qid"):
         decoded = plain[plain["qid"] == qid]
         # The decoded clusters come first, unchanged.
@@ -339,26 +349,43 @@ def test_generator_adds_added_clusters(index_copy, new_docs):
         assert (extra["cluster_id"] >= leaves).all()
         assert (extra["cluster_score"] == decoded["cluster_score"].min()).all()
         assert (extra["cluster_rank"] >= 2).all()
-        chosen = extra["cluster_id"].unique() - leaves
-        docs = np.concatenate([members[offsets[g]:offsets[g + 1]] for g in chosen])
+        chosen = expected_groups(reopened, rows["query_vec"].iloc[0], 4)
+        docs = np.concatenate([members[offsets[g]:offsets[g + 1]] for g in chosen] + [np.zeros(0, dtype=np.int64)])
         assert set(extra["docno"]) == set(reopened.docnos_of(np.sort(docs)).tolist()) - set(decoded["docno"])
         assert rows["docno"].is_unique
 
 
-def test_generator_added_clusters_picks_nearest(index_copy, new_docs):
+def test_generator_added_clusters_follow_centroid_ranking(index_copy, new_docs):
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
-    groups = reopened.added_groups()
-    offsets, members = groups.members()
-    topics = pd.DataFrame({"qid": ["1"], "query": [new_docs[5]["text"]]})
-    extended = reopened.cluster_generator(num_clusters=1, added_clusters=1)(topics)
-    vector = extended["query_vec"].iloc[0]
-    best = int(np.argmax(groups.centroids @ vector - (groups.centroids * groups.centroids).sum(1) / 2))
-    decoded = extended[extended["cluster_rank"] == 0]
-    expected = set(reopened.docnos_of(np.sort(members[offsets[best]:offsets[best + 1]])).tolist()) - set(decoded["docno"])
-    extra = extended[extended["cluster_rank"] == 1]
-    assert expected and set(extra["docno"]) == expected
-    assert (extra["cluster_id"] == best + reopened.tree.num_leaves).all()
+    leaves = reopened.tree.num_leaves
+    topics = pd.DataFrame({"qid": [str(i) for i in range(6)], "query": [doc["text"] for doc in new_docs[:6]]})
+    extended = reopened.cluster_generator(num_clusters=1, added_clusters=3)(topics)
+    reached = 0
+    for _, rows in extended.groupby("qid"):
+        chosen = expected_groups(reopened, rows["query_vec"].iloc[0], 3)
+        # Group clusters, in the order of their cluster ranks, are the groups the centroid ranking chose,
+        # except those whose documents were all decoded already.
+        listed = rows[rows["cluster_id"] >= leaves].drop_duplicates("cluster_id")
+        positions = [chosen.index(g) for g in (listed["cluster_id"] - leaves).tolist()]
+        assert positions == sorted(positions)
+        assert (listed["cluster_rank"].to_numpy() == 1 + np.array(positions)).all()
+        reached += bool(chosen)
+    # A new document's own text finds the groups of added documents.
+    assert reached == len(topics)
+
+
+def test_generator_adds_groups_by_default(index_copy, new_docs, trained_index):
+    topics = pd.DataFrame({"qid": ["1"], "query": [new_docs[3]["text"]]})
+    # Before any addition, the default changes nothing.
+    before = trained_index.cluster_generator(num_clusters=2)
+    assert before.added_clusters == 2
+    pd.testing.assert_frame_equal(before(topics), trained_index.cluster_generator(num_clusters=2, added_clusters=0)(topics))
+    index_copy.add_documents(new_docs)
+    reopened = GDRIndex(index_copy.path, verbose=False)
+    default = reopened.cluster_generator(num_clusters=2)(topics)
+    pd.testing.assert_frame_equal(default, reopened.cluster_generator(num_clusters=2, added_clusters=2)(topics))
+    assert (default["cluster_id"] >= reopened.tree.num_leaves).any()
 
 
 def test_generator_added_clusters_rejects_negative(index_copy):

@@ -155,7 +155,8 @@ class ExperimentResources:
         if name == "generator":
             return self.gdr_index().cluster_generator(
                 num_clusters=int(settings["num_clusters"]), beam_size=settings["beam_size"],
-                added_clusters=int(settings["added_clusters"]), cache=cache, verbose=False,
+                added_clusters=None if settings["added_clusters"] is None else int(settings["added_clusters"]),
+                cache=cache, verbose=False,
             )
         if name == "centroid":
             return self.gdr_index().centroid_router(num_clusters=int(settings["num_clusters"]), verbose=False)

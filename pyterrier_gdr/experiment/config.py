@@ -39,7 +39,7 @@ class ExperimentError(ValueError):
 COMPONENTS: Dict[str, Dict[str, Any]] = {
     "bm25": {"num_results": 1000, "k1": 0.9, "b": 0.4},
     "dense": {"num_results": 1000},
-    "generator": {"num_clusters": 10, "beam_size": None, "added_clusters": 0},
+    "generator": {"num_clusters": 10, "beam_size": None, "added_clusters": None},
     "centroid": {"num_clusters": 10},
     "ranker": {"alpha": 1.0, "num_results": 100, "fusion": "log_prob", "temperature": 0.05},
     "reader": {"num_passages": 3, "max_new_tokens": 16, "max_prompt_tokens": 384, "batch_size": 8},
