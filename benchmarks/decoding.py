@@ -38,14 +38,16 @@ def matrix_flops(decode, queries, beam: int, batch_size: int) -> float:
     """Return the floating-point operations of matrix products (2 per multiply-add) per query, counted by torch."""
     from torch.utils import flop_counter
 
+    def product(bias, left, right, *args, out_shape=None, **kwargs):  # addmm_ and baddbmm_, given shapes
+        return 2 * int(np.prod(left)) * right[-1]
+
     def attention(query, key, value, *args, out_shape=None, **kwargs):
         *batch, queries_len, head_dim = query
         return 4 * int(np.prod(batch)) * queries_len * key[-2] * head_dim  # scores and weighted values
 
     # Also count the in-place products and CPU attention kernels that the default registry leaves out.
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten.addmm_: flop_counter.addmm_flop,
-        torch.ops.aten.baddbmm_: flop_counter.baddbmm_flop,
+        torch.ops.aten.addmm_: product, torch.ops.aten.baddbmm_: product,
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention,
     })
     with counter:
