@@ -154,8 +154,12 @@ def main() -> None:
                 if path.name != "ablation.gdr":
                     for added in (0, args.added_clusters):
                         routers.append(index.cluster_generator(num_clusters=clusters, added_clusters=added))
-                        groups = "" if added == 0 else " + groups" if added is None else f" + groups of {added}"
-                        names.append(f"generator, {clusters} clusters{groups}")
+                        label = f"generator, {clusters} clusters"
+                        if added is None:
+                            label += " + groups"
+                        elif added:
+                            label += f" + groups of {added}"
+                        names.append(label)
                 routers.append(index.centroid_router(num_clusters=clusters))
                 names.append(f"centroid, {clusters} clusters")
             rankers = [index.intra_cluster_ranker(num_results=100, alpha=0.0) for _ in routers]

@@ -184,7 +184,8 @@ class ClusterGenerator(pt.Transformer):
         if self._router is None:
             self._router = CentroidRouter(self.index, num_clusters=self.added_clusters)
         with torch.no_grad():
-            units = self._router.cluster_scores(torch.as_tensor(vectors, dtype=torch.float32))  # (B, L + G)
+            query_vectors = torch.as_tensor(vectors, dtype=torch.float32, device=self.index.model.device)
+            units = self._router.cluster_scores(query_vectors)  # (B, L + G), on the model's device
             best = units.topk(min(self.added_clusters, units.shape[1]), dim=1).indices.cpu().numpy()  # (B, m), best first
         num_leaves = self.index.tree.num_leaves
         # Keep the groups in their centroid order and drop the leaves (the generator chose the leaves).

@@ -1,9 +1,12 @@
 """CUDA paths: decoding, scoring and retrieval on a GPU give the CPU's results (skipped without CUDA)."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pyterrier_gdr.datasets import load_corpus
 from pyterrier_gdr.index import GDRIndex
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -32,3 +35,18 @@ def test_ranker_same_scores_on_gpu(cpu_and_gpu):
     assert gpu.resolved_device().type == "cuda"
     assert on_gpu["docno"].tolist() == on_cpu["docno"].tolist()
     assert np.allclose(on_gpu["score"], on_cpu["score"], atol=1e-3)
+
+
+def test_generator_same_groups_on_gpu(trained_index, squad_slice, tmp_path):
+    path = tmp_path / "added.gdr"
+    shutil.copytree(trained_index.path, path)
+    known = {d["docno"] for d in squad_slice[0]}
+    new = [{"docno": d["docno"], "text": f"{d['title']}. {d['text']}"} for d in load_corpus("irds:pyterrier-gdr/squad-dev") if d["docno"] not in known][:16]
+    GDRIndex(path, device="cpu", verbose=False).add_documents(new)
+    topics = pd.DataFrame({"qid": ["1", "2", "3"], "query": [d["text"] for d in new[:3]]})
+    cpu, gpu = GDRIndex(path, device="cpu", verbose=False), GDRIndex(path, device="cuda", verbose=False)
+    on_cpu = cpu.cluster_generator(num_clusters=2)(topics)
+    on_gpu = gpu.cluster_generator(num_clusters=2)(topics)
+    assert (on_cpu["cluster_id"] >= cpu.tree.num_leaves).any()
+    assert on_gpu["cluster_id"].tolist() == on_cpu["cluster_id"].tolist()
+    assert on_gpu["docno"].tolist() == on_cpu["docno"].tolist()

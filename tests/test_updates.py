@@ -324,7 +324,7 @@ def test_cli_add_documents_mean_centroids(index_copy, new_docs, tmp_path, write_
 
 
 def expected_groups(index, query_vector, count):
-    """The groups among the ``count`` best centroids of leaves and groups together, best first."""
+    """Return the groups among the ``count`` best centroids of leaves and groups together, best first."""
     leaf_centroids, group_centroids = index.tree.leaf_centroids, index.added_groups().centroids
     units = np.concatenate([leaf_centroids, group_centroids])
     scores = units @ query_vector - (units * units).sum(1) / 2  # the tree's l2 rule
@@ -355,7 +355,7 @@ def test_generator_adds_added_clusters(index_copy, new_docs):
         assert rows["docno"].is_unique
 
 
-def test_generator_added_clusters_follow_centroid_ranking(index_copy, new_docs):
+def test_added_groups_follow_centroid_ranking(index_copy, new_docs):
     index_copy.add_documents(new_docs)
     reopened = GDRIndex(index_copy.path, verbose=False)
     leaves = reopened.tree.num_leaves
