@@ -126,8 +126,12 @@ class ClusterGenerator(pt.Transformer):
     ):
         if num_clusters < 1:
             raise ValueError(f"num_clusters={num_clusters} is invalid; it must be at least 1")
-        if added_clusters is not None and added_clusters < 0:
-            raise ValueError(f"added_clusters={added_clusters} is invalid; it must be 0 (off), more, or None (num_clusters)")
+        is_whole_number = isinstance(added_clusters, (int, np.integer)) and not isinstance(added_clusters, bool)
+        if added_clusters is not None and (not is_whole_number or added_clusters < 0):
+            raise ValueError(
+                f"added_clusters={added_clusters!r} is invalid; use a whole number: 0 adds no groups, m adds the groups "
+                "among the m best centroids of leaves and groups, and None means num_clusters"
+            )
         if beam_size is not None and beam_size < num_clusters:
             raise ValueError(f"beam_size={beam_size} is smaller than num_clusters={num_clusters}; use beam_size >= num_clusters")
         self.index = index

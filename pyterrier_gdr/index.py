@@ -468,8 +468,10 @@ class GDRIndex(pta.Artifact):
             cache: keep decoded queries in memory, so repeated runs (e.g. a grid search over the
                 ranker's ``alpha``) decode each query once.
             added_clusters: also return the documents of the groups of added documents that
-                centroid routing with this many clusters would choose (see :meth:`add_documents`);
-                ``num_clusters`` when omitted, 0 for none.
+                centroid routing with this many clusters would choose: those among the
+                ``added_clusters`` best centroids, leaves and groups ranked together (see
+                :meth:`add_documents`). ``num_clusters`` when omitted, 0 for none. Their rows
+                have ``cluster_id >= tree.num_leaves`` and the query's lowest decoded ``cluster_score``.
         """
         from pyterrier_gdr.generator import ClusterGenerator
 

@@ -388,9 +388,14 @@ def test_generator_adds_groups_by_default(index_copy, new_docs, trained_index):
     assert (default["cluster_id"] >= reopened.tree.num_leaves).any()
 
 
-def test_generator_added_clusters_rejects_negative(index_copy):
-    with pytest.raises(ValueError, match="added_clusters=-1 is invalid"):
-        index_copy.cluster_generator(added_clusters=-1)
+@pytest.mark.parametrize("value", [-1, 2.5, True, float("nan"), "3"])
+def test_generator_invalid_added_clusters_rejected(index_copy, value):
+    with pytest.raises(ValueError, match=f"added_clusters={value!r} is invalid; use a whole number"):
+        index_copy.cluster_generator(added_clusters=value)
+
+
+def test_generator_accepts_numpy_added_clusters(index_copy):
+    assert index_copy.cluster_generator(added_clusters=np.int64(3)).added_clusters == 3
 
 
 def test_numbered_and_single_docnos_added(index_copy, new_docs):
