@@ -98,9 +98,11 @@ class CentroidRouter(pt.Transformer):
 
     def _centroid_tensors(self, device) -> tuple:
         """Return ``(centroids (L + G, dim), offsets (L + G,))`` with score = q . c - offset."""
-        if self._centroids is None or self._centroids[0].device != device:
-            groups = self.index.added_groups()
-            centroids = np.concatenate([np.asarray(self.index.tree.leaf_centroids, dtype=np.float32), groups.centroids])
+        tree, groups = self.index.tree, self.index.added_groups()
+        # The index reloads its tree and groups after documents are added, and the cached tensors then go stale.
+        current = self._centroids is not None and self._centroids[0] is tree and self._centroids[1] is groups
+        if not current or self._centroids[2].device != device:
+            centroids = np.concatenate([np.asarray(tree.leaf_centroids, dtype=np.float32), groups.centroids])
             centroids = torch.as_tensor(centroids, device=device)
-            self._centroids = (centroids, centroid_offsets(centroids, self.index.tree.config.assign_metric))
-        return self._centroids
+            self._centroids = (tree, groups, centroids, centroid_offsets(centroids, tree.config.assign_metric))
+        return self._centroids[2:]

@@ -388,6 +388,21 @@ def test_generator_adds_groups_by_default(index_copy, new_docs, trained_index):
     assert (default["cluster_id"] >= reopened.tree.num_leaves).any()
 
 
+def test_routers_follow_later_additions(index_copy, new_docs):
+    # Transformers made before an addition route to the groups it creates, as fresh ones do.
+    topics = pd.DataFrame({"qid": ["1", "2"], "query": [new_docs[2]["text"], new_docs[9]["text"]]})
+    router = index_copy.centroid_router(num_clusters=3)
+    generator = index_copy.cluster_generator(num_clusters=2)
+    router(topics)
+    generator(topics)
+    index_copy.add_documents(new_docs)
+    routed, generated = router(topics), generator(topics)
+    assert (routed["cluster_id"] >= index_copy.tree.num_leaves).any()
+    assert (generated["cluster_id"] >= index_copy.tree.num_leaves).any()
+    pd.testing.assert_frame_equal(routed, index_copy.centroid_router(num_clusters=3)(topics))
+    pd.testing.assert_frame_equal(generated, index_copy.cluster_generator(num_clusters=2)(topics))
+
+
 @pytest.mark.parametrize("value", [-1, 2.5, True, float("nan"), "3"])
 def test_generator_invalid_added_clusters_rejected(index_copy, value):
     with pytest.raises(ValueError, match=f"added_clusters={value!r} is invalid; use a whole number"):
