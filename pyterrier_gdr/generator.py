@@ -107,9 +107,9 @@ class ClusterGenerator(pt.Transformer):
         beam_size: beams of the constrained beam search; ``num_clusters`` when omitted.
         batch_size: queries decoded together.
         added_clusters: also return, per query, the documents of the groups of added
-            documents that centroid routing with this many clusters would choose: the groups
-            among the ``added_clusters`` best-matching centroids of leaves and groups together
-            (see :class:`~pyterrier_gdr.router.CentroidRouter`). Groups cluster the documents
+            documents that centroid routing with this many clusters would choose. Those are
+            the groups among the ``added_clusters`` best-matching centroids, leaves and groups
+            ranked together (see :class:`~pyterrier_gdr.router.CentroidRouter`). Groups cluster the documents
             added since the build among themselves (see
             :meth:`~pyterrier_gdr.index.GDRIndex.add_documents`). The generator never saw those
             documents, so this routes queries to them without retraining. A query on an old

@@ -195,7 +195,7 @@ def add_documents(
             # stacklevel 3: the caller of GDRIndex.add_documents, the public entry point.
             warnings.warn(message + " Pass split_oversized=True to split them (the generator then needs retraining).", stacklevel=3)
     result.seconds = time.perf_counter() - started
-    logger.info("added %d document(s) to %s in %.1f s, in %d leaf/leaves", added, index.path, result.seconds, result.leaves_touched)
+    logger.info("added %d documents to %s in %.1f s; %d leaves received documents", added, index.path, result.seconds, result.leaves_touched)
     return result
 
 

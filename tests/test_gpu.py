@@ -41,7 +41,8 @@ def test_generator_same_groups_on_gpu(trained_index, squad_slice, tmp_path):
     path = tmp_path / "added.gdr"
     shutil.copytree(trained_index.path, path)
     known = {d["docno"] for d in squad_slice[0]}
-    new = [{"docno": d["docno"], "text": f"{d['title']}. {d['text']}"} for d in load_corpus("irds:pyterrier-gdr/squad-dev") if d["docno"] not in known][:16]
+    unknown = (d for d in load_corpus("irds:pyterrier-gdr/squad-dev") if d["docno"] not in known)
+    new = [{"docno": d["docno"], "text": f"{d['title']}. {d['text']}"} for _, d in zip(range(16), unknown)]
     GDRIndex(path, device="cpu", verbose=False).add_documents(new)
     topics = pd.DataFrame({"qid": ["1", "2", "3"], "query": [d["text"] for d in new[:3]]})
     cpu, gpu = GDRIndex(path, device="cpu", verbose=False), GDRIndex(path, device="cuda", verbose=False)
