@@ -11,15 +11,20 @@ the best ``beam_size`` per query, fed only by EOS candidates ranked within the t
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 from pyterrier_gdr.clusters import CIDCodec, CIDTrie
 from pyterrier_gdr.model import dense_plus_residual, fused_query_key_value
 
-__all__ = ["TorchTrie", "constrained_beam_search"]
+__all__ = ["TorchTrie", "constrained_beam_search", "DECODER_DTYPES"]
+
+#: The arithmetic the decoder can run in. float32 is exact (the reference's clusters); the
+#: 16-bit types are faster where the hardware multiplies them natively, and may differ in close calls.
+DECODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -219,6 +224,24 @@ class CachedBertDecoder:
         return self.head.decoder(x)  # (n, vocab)
 
 
+def decoder_in(model, dtype: torch.dtype):
+    """Return the model's CID decoder with its weights in ``dtype`` (the decoder itself for its own dtype).
+
+    The copy is kept on the model and made again when the decoder's weights change (training
+    updates them in place, which bumps their version counters).
+    """
+    decoder = model.seq2seq.decoder
+    if next(decoder.parameters()).dtype == dtype:
+        return decoder
+    weights = tuple((p.data_ptr(), p._version) for p in decoder.parameters())
+    copies = model.__dict__.setdefault("_decoder_copies", {})
+    cached = copies.get(dtype)
+    if cached is None or cached[0] != weights:
+        cached = (weights, copy.deepcopy(decoder).to(dtype))
+        copies[dtype] = cached
+    return cached[1]
+
+
 def _expand_beams(decoder, state, live, scores, nodes, last_tokens, position: int, trie: TorchTrie, width: int) -> torch.Tensor:
     """Return the ``(B, W, k+1)`` scores of every live beam's candidates (k digits, then EOS); -inf where invalid."""
     batch, k = live.shape[0], trie.branching_factor
@@ -244,6 +267,7 @@ def constrained_beam_search(
     *,
     beam_size: int,
     encoder_outputs=None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Decode the ``beam_size`` most probable valid CIDs of each query.
 
@@ -254,6 +278,9 @@ def constrained_beam_search(
         trie: the valid CIDs, on the model's device.
         beam_size: beams kept per query (and hypotheses returned).
         encoder_outputs: the encoder's output for these queries, when already computed.
+        dtype: the decoder's arithmetic; the model's own when omitted. ``torch.bfloat16`` or
+            ``torch.float16`` run a converted copy of the decoder (the encoder is not changed,
+            so query vectors stay as they are). Scores are summed in float32 either way.
 
     Returns:
         ``(leaves, scores)``, both ``(B, beam_size)`` and sorted by score: the leaf id of each
@@ -265,8 +292,10 @@ def constrained_beam_search(
     neg_inf = torch.tensor(float("-inf"), device=device)
     if encoder_outputs is None:
         encoder_outputs = model.encode(input_ids, attention_mask)
-    decoder = CachedBertDecoder(model.seq2seq.decoder)
-    state = decoder.start(encoder_outputs.last_hidden_state, attention_mask, width=width, max_length=trie.max_depth + 1)
+    memory = encoder_outputs.last_hidden_state
+    decoder = CachedBertDecoder(model.seq2seq.decoder if dtype is None else decoder_in(model, dtype))
+    memory = memory.to(decoder.head.decoder.weight.dtype)
+    state = decoder.start(memory, attention_mask, width=width, max_length=trie.max_depth + 1)
 
     # Live beams: trie node, score and last token; beam 0 starts at the root, the others are empty.
     nodes = torch.zeros(batch, width, dtype=torch.long, device=device)

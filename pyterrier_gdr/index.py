@@ -458,7 +458,7 @@ class GDRIndex(pta.Artifact):
 
     def cluster_generator(
         self, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
-        added_clusters: Optional[int] = None, verbose: Optional[bool] = None,
+        added_clusters: Optional[int] = None, precision: str = "float32", verbose: Optional[bool] = None,
     ):
         """Return the :class:`~pyterrier_gdr.generator.ClusterGenerator` of this index.
 
@@ -472,12 +472,14 @@ class GDRIndex(pta.Artifact):
                 ``added_clusters`` best centroids, leaves and groups ranked together (see
                 :meth:`add_documents`). ``num_clusters`` when omitted, 0 for none. Their rows
                 have ``cluster_id >= tree.num_leaves`` and the query's lowest decoded ``cluster_score``.
+            precision: the decoder's arithmetic: ``"float32"`` (exact), ``"bfloat16"`` or
+                ``"float16"`` (faster where the hardware supports them; close clusters may swap).
         """
         from pyterrier_gdr.generator import ClusterGenerator
 
         return ClusterGenerator(
             self, num_clusters=num_clusters, beam_size=beam_size, batch_size=batch_size, cache=cache,
-            added_clusters=added_clusters, verbose=self.verbose if verbose is None else verbose,
+            added_clusters=added_clusters, precision=precision, verbose=self.verbose if verbose is None else verbose,
         )
 
     def centroid_router(self, *, num_clusters: int = 10, batch_size: int = 64, temperature: float = 0.05, verbose: Optional[bool] = None):

@@ -157,3 +157,64 @@ def test_unpadded_encoding_only_for_plain_bert(model):
     assert not _unpadded_encoding_supported(BertModel(BertConfig(hidden_act="relu", **small)))
     assert not _unpadded_encoding_supported(BertModel(BertConfig(position_embedding_type="relative_key", **small)))
     assert not _unpadded_encoding_supported(RobertaModel(RobertaConfig(**small)))  # positions offset by the padding index
+
+
+def teacher_forced_scores(model, tree, queries, leaves):
+    """float32 log-probability of each ``(B, C)`` leaf's CID (EOS included), by a full forward pass."""
+    codec = tree.codec()
+    tokens = model.tokenize(queries)
+    encoder_outputs = model.encode(tokens["input_ids"], tokens["attention_mask"])
+    scores = torch.full(leaves.shape, float("-inf"))
+    for i in range(len(queries)):
+        for j, leaf in enumerate(leaves[i].tolist()):
+            if leaf < 0:
+                continue
+            cid = codec.encode(tree.leaf_code(leaf))  # digits, then EOS
+            inputs = torch.tensor([[0] + cid[:-1]])
+            memory = type(encoder_outputs)(last_hidden_state=encoder_outputs.last_hidden_state[i:i + 1])
+            log_probs = torch.log_softmax(model.decoder_logits(memory, tokens["attention_mask"][i:i + 1], inputs)[0], dim=-1)
+            scores[i, j] = log_probs[torch.arange(len(cid)), torch.tensor(cid)].sum()
+    return scores
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lower_precision_only_swaps_close_clusters(model, tree, dtype):
+    """A 16-bit decoder returns valid clusters whose float32 scores are within rounding of float32's top clusters."""
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    tokens = model.tokenize(QUERIES)
+    beam = 10
+    with torch.no_grad():
+        exact_leaves, exact_scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam)
+        leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam, dtype=dtype)
+        rescored = teacher_forced_scores(model, tree, QUERIES, leaves)
+    assert scores.dtype == torch.float32
+    assert ((leaves >= 0) & (leaves < tree.num_leaves)).all()
+    assert all(len(set(row)) == len(row) for row in leaves.tolist())
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    assert not torch.equal(scores, exact_scores)  # the 16-bit arithmetic ran
+    # The 16-bit scores estimate the float32 log-probabilities of the same CIDs ...
+    assert torch.allclose(scores, rescored, atol=0.05)
+    # ... and each cluster it keeps scores, in float32, at least about as well as float32's worst kept cluster.
+    assert (rescored >= exact_scores[:, -1:] - 0.05).all()
+    overlap = [len(set(a) & set(b)) for a, b in zip(leaves.tolist(), exact_leaves.tolist())]
+    assert sum(overlap) >= 0.8 * beam * len(QUERIES)
+
+
+def test_lower_precision_decoder_is_cached_until_weights_change(model):
+    from pyterrier_gdr.decoding import decoder_in
+
+    assert decoder_in(model, torch.float32) is model.seq2seq.decoder
+    first = decoder_in(model, torch.bfloat16)
+    assert first is decoder_in(model, torch.bfloat16)
+    assert next(first.parameters()).dtype == torch.bfloat16
+    weight = model.seq2seq.decoder.cls.predictions.decoder.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)  # in place, as an optimizer step
+    try:
+        second = decoder_in(model, torch.bfloat16)
+        assert second is not first
+        assert torch.equal(second.cls.predictions.decoder.weight, weight.to(torch.bfloat16))
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)

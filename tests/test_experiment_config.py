@@ -83,6 +83,30 @@ def test_qualified_parameter():
     assert parse_experiment(document).pipelines[0].params["bm25"] == {"num_results": 50}
 
 
+def test_generator_precision_parameter():
+    document = with_changes(pipeline=[{"name": "BM25", "run": "generator >> ranker", "params": {"precision": "bfloat16"}}])
+    assert parse_experiment(document).pipelines[0].params["generator"] == {"precision": "bfloat16"}
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("params", "precision", "bf16", "generator.precision = 'bf16' is invalid \\(did you mean 'bfloat16'\\?\\); valid: float32, bfloat16, float16"),
+    ("tune", "fusion", ["log_prob", "papers"], "ranker.fusion = 'papers' is invalid \\(did you mean 'paper'\\?\\); valid: log_prob, paper"),
+])
+def test_word_parameters_checked_when_read(section, key, value, message):
+    document = with_changes(pipeline=[{"name": "BM25", "run": "generator >> ranker", section: {key: value}}])
+    with pytest.raises(ExperimentError, match=message):
+        parse_experiment(document)
+
+
+def test_word_choices_match_the_transformers():
+    from pyterrier_gdr.decoding import DECODER_DTYPES
+    from pyterrier_gdr.experiment.config import CHOICES
+    from pyterrier_gdr.ranker import _FUSIONS
+
+    assert CHOICES[("generator", "precision")] == tuple(DECODER_DTYPES)
+    assert set(CHOICES[("ranker", "fusion")]) == set(_FUSIONS)
+
+
 def test_tune_needs_dev_split():
     document = with_changes(dataset={"corpus": "irds:pyterrier-gdr/wiki-slice", "test": "irds:pyterrier-gdr/wiki-slice/test"})
     with pytest.raises(ExperimentError, match="no 'dev' split"):

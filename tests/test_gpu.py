@@ -28,6 +28,19 @@ def test_generator_same_clusters_on_gpu(cpu_and_gpu):
     assert np.allclose(on_gpu["cluster_score"], on_cpu["cluster_score"], atol=1e-3)
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_generator_in_16_bits_on_gpu(cpu_and_gpu, precision):
+    cpu, gpu = cpu_and_gpu
+    on_cpu = cpu.cluster_generator(num_clusters=5)(TOPICS)
+    on_gpu = gpu.cluster_generator(num_clusters=5, precision=precision)(TOPICS)
+    assert next(gpu.model.seq2seq.decoder.parameters()).dtype == torch.float32  # a converted copy decodes
+    ids = gpu.doc_ids(on_gpu["docno"].tolist())
+    assert (gpu.tree.doc_leaf[ids] == on_gpu["cluster_id"].to_numpy()).all()
+    for qid in TOPICS["qid"]:
+        exact = set(on_cpu.loc[on_cpu["qid"] == qid, "cluster_id"])
+        assert len(exact & set(on_gpu.loc[on_gpu["qid"] == qid, "cluster_id"])) >= 4  # at most one close call swapped
+
+
 def test_ranker_same_scores_on_gpu(cpu_and_gpu):
     cpu, gpu = cpu_and_gpu
     on_cpu = (cpu.centroid_router(num_clusters=3) >> cpu.intra_cluster_ranker(num_results=10))(TOPICS)

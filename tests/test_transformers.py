@@ -63,6 +63,30 @@ def test_generator_rejects_small_beam(trained_index):
         trained_index.cluster_generator(num_clusters=5, beam_size=2)
 
 
+@pytest.mark.parametrize("precision", ["float8", "fp16", None])
+def test_generator_rejects_unknown_precision(trained_index, precision):
+    with pytest.raises(ValueError, match=f"precision={precision!r} is invalid; use 'float32' \\(exact\\), 'bfloat16'"):
+        trained_index.cluster_generator(precision=precision)
+
+
+def test_generator_in_bfloat16_keeps_query_vectors(trained_index):
+    """bfloat16 changes only the decoder: valid clusters, float32 query vectors identical to the default's."""
+    topics = pd.DataFrame({"qid": ["1", "2"], "query": ["Who won Super Bowl 50?", "Normans"]})
+    exact = trained_index.cluster_generator(num_clusters=3)(topics)
+    half = trained_index.cluster_generator(num_clusters=3, precision="bfloat16")
+    assert "precision='bfloat16'" in repr(half)
+    result = half(topics)
+    tree = trained_index.tree
+    ids = trained_index.doc_ids(result["docno"].tolist())
+    assert (tree.doc_leaf[ids] == result["cluster_id"].to_numpy()).all()
+    assert result.groupby("qid")["cluster_id"].nunique().tolist() == [3, 3]
+    first_rows = lambda frame: frame.drop_duplicates("qid").set_index("qid")["query_vec"]
+    for qid in topics["qid"]:
+        assert first_rows(result)[qid].dtype == first_rows(exact)[qid].dtype
+        assert (first_rows(result)[qid] == first_rows(exact)[qid]).all()
+    assert (result["cluster_score"] <= 0).all()
+
+
 def test_bm25_then_ranker(trained_index, squad_slice, tmp_path):
     from pyterrier_pisa import PisaIndex
 

@@ -156,7 +156,7 @@ class ExperimentResources:
             return self.gdr_index().cluster_generator(
                 num_clusters=int(settings["num_clusters"]), beam_size=settings["beam_size"],
                 added_clusters=None if settings["added_clusters"] is None else int(settings["added_clusters"]),
-                cache=cache, verbose=False,
+                precision=str(settings["precision"]), cache=cache, verbose=False,
             )
         if name == "centroid":
             return self.gdr_index().centroid_router(num_clusters=int(settings["num_clusters"]), verbose=False)

@@ -18,7 +18,7 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from pyterrier_gdr.clusters import ClusterTreeConfig
 from pyterrier_gdr.training import TrainingConfig
@@ -39,11 +39,17 @@ class ExperimentError(ValueError):
 COMPONENTS: Dict[str, Dict[str, Any]] = {
     "bm25": {"num_results": 1000, "k1": 0.9, "b": 0.4},
     "dense": {"num_results": 1000},
-    "generator": {"num_clusters": 10, "beam_size": None, "added_clusters": None},
+    "generator": {"num_clusters": 10, "beam_size": None, "added_clusters": None, "precision": "float32"},
     "centroid": {"num_clusters": 10},
     "ranker": {"alpha": 1.0, "num_results": 100, "fusion": "log_prob", "temperature": 0.05},
     "reader": {"num_passages": 3, "max_new_tokens": 16, "max_prompt_tokens": 384, "batch_size": 8},
     "base_reader": {"num_passages": 3, "max_new_tokens": 16, "max_prompt_tokens": 384, "batch_size": 8},
+}
+
+# Parameters that take one of a few words, checked when the file is read rather than after the indexes are built.
+CHOICES: Dict[Tuple[str, str], Tuple[str, ...]] = {
+    ("generator", "precision"): ("float32", "bfloat16", "float16"),
+    ("ranker", "fusion"): ("log_prob", "paper"),
 }
 
 # Components that answer questions (output ``qanswer``) rather than rank documents.
@@ -153,15 +159,25 @@ def _parse_pipeline(position: int, entry: Mapping[str, Any]) -> PipelineSpec:
             raise ExperimentError(f"{where}: {section} key {key!r} fits {', '.join(owners)}; write e.g. {owners[-1]}.{key}")
         return owners[0], key
 
+    def check_choice(component: str, parameter: str, value: Any) -> None:
+        choices = CHOICES.get((component, parameter))
+        if choices is not None and value not in choices:
+            raise ExperimentError(
+                f"{where}: {component}.{parameter} = {value!r} is invalid{_suggest(str(value), choices)}; valid: {', '.join(choices)}"
+            )
+
     params: Dict[str, Dict[str, Any]] = {c: {} for c in components}
     for key, value in dict(entry.get("params", {})).items():
         component, parameter = assign(key, value, "params")
+        check_choice(component, parameter, value)
         params[component][parameter] = value
     tune: Dict[str, Dict[str, List[Any]]] = {}
     for key, values in dict(entry.get("tune", {})).items():
         component, parameter = assign(key, values, "tune")
         if not isinstance(values, list) or not values:
             raise ExperimentError(f"{where}: tune.{key} must be a non-empty list of values; found {values!r}")
+        for value in values:
+            check_choice(component, parameter, value)
         tune.setdefault(component, {})[parameter] = values
     return PipelineSpec(name, components, params, tune)
 
