@@ -8,9 +8,12 @@ the queries whose top clusters differ, and the arithmetic of each method's matri
 per query (counted by torch in a separate, untimed pass), so a speed-up can be read as less
 work or faster work. A second table sets each method's best batch size
 against the other's: the reference is fastest on small batches, the tensorised search on
-larger ones.
+larger ones. Our search also runs with a bfloat16 copy of the decoder (the generator's
+``precision="bfloat16"``), an approximation: its rows count the queries whose clusters
+differ from the float32 reference's, and the share of top clusters the two have in common.
 
     python benchmarks/decoding.py [--docs 100000] [--queries 128] [--beams 10 100] [--batch-sizes 4 8 16 32 64]
+                                  [--precisions float32 bfloat16]
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ import torch
 from _common import command, machine, markdown_table
 
 
+REFERENCE = "prefix_allowed_tokens_fn"
+
+
 def prefix_table(tree) -> dict:
     """Map every valid token prefix (decoder start token first) to its allowed next tokens."""
     table = {}
@@ -32,6 +38,10 @@ def prefix_table(tree) -> dict:
         for cut in range(1, len(tokens)):
             table.setdefault(tuple(tokens[:cut]), set()).add(tokens[cut])
     return {prefix: sorted(allowed) for prefix, allowed in table.items()}
+
+
+def ours_name(precision: str) -> str:
+    return "tensorised (ours)" if precision == "float32" else f"tensorised, {precision} decoder (ours)"
 
 
 def matrix_flops(decode, queries, beam: int, batch_size: int) -> float:
@@ -68,24 +78,27 @@ def compare(methods, queries, beam: int, batch_size: int) -> list:
             started = time.perf_counter()
             results[name].extend(decode(queries[start:start + batch_size], beam))
             timings[name] += time.perf_counter() - started
-    ours, reference = results["tensorised (ours)"], results["prefix_allowed_tokens_fn"]
-    other_sets = sum(set(a[0]) != set(b[0]) for a, b in zip(ours, reference))
-    # Equal scores may be listed in either order (topk breaks ties arbitrarily).
-    other_order = sum(
-        a[0] != b[0] and set(a[0]) == set(b[0]) and any(x != y and abs(sx - sy) > 1e-4 for x, y, sx, sy in zip(a[0], b[0], a[1], b[1]))
-        for a, b in zip(ours, reference)
-    )
+    reference = results[REFERENCE]
     rows = []
     for name, seconds in timings.items():
-        ours_row = name.startswith("tensorised")
         flops = matrix_flops(dict(methods)[name], queries, beam, batch_size)
-        rows.append({
+        row = {
             "beam": beam, "batch": batch_size, "method": name, "queries/s": len(queries) / seconds,
-            "speed-up": timings["prefix_allowed_tokens_fn"] / seconds,
+            "speed-up": timings[REFERENCE] / seconds,
             "GFLOP/query": flops / 1e9, "GFLOP/s": flops * len(queries) / seconds / 1e9,
-            "queries with other top clusters": other_sets if ours_row else "",
-            "queries with another order (beyond ties)": other_order if ours_row else "",
-        })
+            "queries with other top clusters": "", "queries with another order (beyond ties)": "", "top clusters shared": "",
+        }
+        if name != REFERENCE:
+            ours = results[name]
+            row["queries with other top clusters"] = sum(set(a[0]) != set(b[0]) for a, b in zip(ours, reference))
+            # Equal scores may be listed in either order (topk breaks ties arbitrarily).
+            row["queries with another order (beyond ties)"] = sum(
+                a[0] != b[0] and set(a[0]) == set(b[0])
+                and any(x != y and abs(sx - sy) > 1e-4 for x, y, sx, sy in zip(a[0], b[0], a[1], b[1]))
+                for a, b in zip(ours, reference)
+            )
+            row["top clusters shared"] = f"{np.mean([len(set(a[0]) & set(b[0])) / len(set(b[0])) for a, b in zip(ours, reference)]):.1%}"
+        rows.append(row)
     return rows
 
 
@@ -95,13 +108,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=128, help="real SQuAD questions decoded")
     parser.add_argument("--beams", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="queries per decoding call")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
+                        help="arithmetic of our decoder (the reference runs the model in float32)")
     args = parser.parse_args()
 
     import pyterrier_gdr  # noqa: F401
     from pyterrier_gdr._util import default_encoder_path
     from pyterrier_gdr.clusters import ClusterTreeConfig, build_cluster_tree
     from pyterrier_gdr.datasets import load_questions
-    from pyterrier_gdr.decoding import TorchTrie, constrained_beam_search
+    from pyterrier_gdr.decoding import DECODER_DTYPES, TorchTrie, constrained_beam_search
     from pyterrier_gdr.model import GDRModel
 
     torch.manual_seed(0)
@@ -116,10 +131,15 @@ def main() -> None:
     leaf_of_code = {tree.leaf_code(leaf): leaf for leaf in range(tree.num_leaves)}
     queries = load_questions("irds:pyterrier-gdr/squad-dev/test").topics["query"].tolist()[: args.queries]
 
-    def ours(batch, beam):
-        tokens = model.tokenize(batch)
-        leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam)
-        return list(zip(leaves.tolist(), scores.tolist()))
+    def ours(precision):
+        dtype = DECODER_DTYPES[precision]
+
+        def decode(batch, beam):
+            tokens = model.tokenize(batch)
+            leaves, scores = constrained_beam_search(model, tokens["input_ids"], tokens["attention_mask"], trie, beam_size=beam, dtype=dtype)
+            return list(zip(leaves.tolist(), scores.tolist()))
+
+        return decode
 
     def reference(batch, beam):
         tokens = model.tokenize(batch)
@@ -134,7 +154,7 @@ def main() -> None:
         return [([leaf_of_code.get(codec.decode(seq[1:]), -1) for seq in row], row_scores) for row, row_scores in zip(rows, scores)]
 
     rows = []
-    methods = (("tensorised (ours)", ours), ("prefix_allowed_tokens_fn", reference))
+    methods = tuple((ours_name(precision), ours(precision)) for precision in args.precisions) + ((REFERENCE, reference),)
     for beam in args.beams:
         for batch_size in args.batch_sizes:
             rows += compare(methods, queries, beam, batch_size)
@@ -145,19 +165,20 @@ def main() -> None:
     print("GFLOP/query: floating-point operations in matrix products (encoder and decoder, 2 per multiply-add), counted by "
           "torch's FlopCounterMode in a separate pass; GFLOP/s: those over the timed seconds.\n")
     print(markdown_table(rows, ["beam", "batch", "method", "queries/s", "speed-up", "GFLOP/query", "GFLOP/s",
-                                "queries with other top clusters", "queries with another order (beyond ties)"]))
+                                "queries with other top clusters", "queries with another order (beyond ties)", "top clusters shared"]))
     best = []
     for beam in args.beams:
         fastest = {}
         for method, _ in methods:
-            row = max((r for r in rows if r["beam"] == beam and r["method"] == method), key=lambda r: r["queries/s"])
-            fastest[method] = row
-        ours, reference = fastest["tensorised (ours)"], fastest["prefix_allowed_tokens_fn"]
-        best.append({"beam": beam, "ours: queries/s (batch)": f"{ours['queries/s']:.2f} ({ours['batch']})",
-                     "reference: queries/s (batch)": f"{reference['queries/s']:.2f} ({reference['batch']})",
-                     "speed-up": ours["queries/s"] / reference["queries/s"]})
+            fastest[method] = max((r for r in rows if r["beam"] == beam and r["method"] == method), key=lambda r: r["queries/s"])
+        reference = fastest[REFERENCE]
+        for method, _ in methods[:-1]:
+            row = fastest[method]
+            best.append({"beam": beam, "method": method, "queries/s (batch)": f"{row['queries/s']:.2f} ({row['batch']})",
+                         "reference: queries/s (batch)": f"{reference['queries/s']:.2f} ({reference['batch']})",
+                         "speed-up": row["queries/s"] / reference["queries/s"]})
     print("\nEach method at its fastest batch size of those above:\n")
-    print(markdown_table(best, ["beam", "ours: queries/s (batch)", "reference: queries/s (batch)", "speed-up"]))
+    print(markdown_table(best, ["beam", "method", "queries/s (batch)", "reference: queries/s (batch)", "speed-up"]))
 
 
 if __name__ == "__main__":

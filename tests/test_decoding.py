@@ -200,7 +200,7 @@ def test_lower_precision_only_swaps_close_clusters(model, tree, dtype):
     assert sum(overlap) >= 0.8 * beam * len(QUERIES)
 
 
-def test_lower_precision_decoder_is_cached_until_weights_change(model):
+def test_decoder_copy_follows_weight_changes(model):
     from pyterrier_gdr.decoding import decoder_in
 
     assert decoder_in(model, torch.float32) is model.seq2seq.decoder

@@ -92,13 +92,13 @@ def test_generator_precision_parameter():
     ("params", "precision", "bf16", "generator.precision = 'bf16' is invalid \\(did you mean 'bfloat16'\\?\\); valid: float32, bfloat16, float16"),
     ("tune", "fusion", ["log_prob", "papers"], "ranker.fusion = 'papers' is invalid \\(did you mean 'paper'\\?\\); valid: log_prob, paper"),
 ])
-def test_word_parameters_checked_when_read(section, key, value, message):
+def test_choices_checked_when_read(section, key, value, message):
     document = with_changes(pipeline=[{"name": "BM25", "run": "generator >> ranker", section: {key: value}}])
     with pytest.raises(ExperimentError, match=message):
         parse_experiment(document)
 
 
-def test_word_choices_match_the_transformers():
+def test_choices_match_transformers():
     from pyterrier_gdr.decoding import DECODER_DTYPES
     from pyterrier_gdr.experiment.config import CHOICES
     from pyterrier_gdr.ranker import _FUSIONS
@@ -175,8 +175,8 @@ def test_local_paths_resolve_against_file(tmp_path):
 def test_examples_parse():
     from pathlib import Path
 
-    examples = Path(__file__).parent.parent / "examples"
-    for path in sorted(examples.glob("*.toml")):
+    root = Path(__file__).parent.parent
+    for path in sorted(root.glob("examples/*.toml")) + sorted(root.glob("benchmarks/*.toml")):
         config = load_experiment(path)
         assert config.pipelines, path
 

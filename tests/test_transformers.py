@@ -80,10 +80,11 @@ def test_generator_in_bfloat16_keeps_query_vectors(trained_index):
     ids = trained_index.doc_ids(result["docno"].tolist())
     assert (tree.doc_leaf[ids] == result["cluster_id"].to_numpy()).all()
     assert result.groupby("qid")["cluster_id"].nunique().tolist() == [3, 3]
-    first_rows = lambda frame: frame.drop_duplicates("qid").set_index("qid")["query_vec"]
+    vectors = result.drop_duplicates("qid").set_index("qid")["query_vec"]
+    exact_vectors = exact.drop_duplicates("qid").set_index("qid")["query_vec"]
     for qid in topics["qid"]:
-        assert first_rows(result)[qid].dtype == first_rows(exact)[qid].dtype
-        assert (first_rows(result)[qid] == first_rows(exact)[qid]).all()
+        assert vectors[qid].dtype == exact_vectors[qid].dtype
+        assert (vectors[qid] == exact_vectors[qid]).all()
     assert (result["cluster_score"] <= 0).all()
 
 
