@@ -12,7 +12,7 @@ the best ``beam_size`` per query, fed only by EOS candidates ranked within the t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -35,6 +35,8 @@ class TorchTrie:
     node_leaf: torch.Tensor  # (n_nodes,) long, leaf id or -1
     branching_factor: int
     max_depth: int
+    # First-layer decoder states of every node, per decoder (see CachedBertDecoder.first_layer_states).
+    node_states: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_trie(cls, trie: CIDTrie, *, max_depth: int, device=None) -> "TorchTrie":
@@ -71,10 +73,12 @@ class CachedBertDecoder:
     per query and shared by its beams: for short queries the query and output projections
     are folded into the query's keys and values (see :meth:`start`). Each step feeds one new
     token per live beam: beams that hold no hypothesis (all but one at the first step, those
-    beyond the root's children at the second) cost nothing. Self-attention reads a cache of
-    the earlier tokens' keys and values. The arithmetic is BERT's (post-layer-norm, absolute
-    positions), so the logits equal the full forward pass of the same module up to rounding,
-    as the tests check. Inference only: dropout is not applied.
+    beyond the root's children at the second) cost nothing. The first layer's self-attention
+    reads only the CID prefix, which is a trie node, so its output is computed once per node
+    and looked up (see :meth:`first_layer_states`). In later layers, self-attention reads a
+    cache of the earlier tokens' keys and values. The arithmetic is BERT's (post-layer-norm,
+    absolute positions), so the logits equal the full forward pass of the same module up to
+    rounding, as the tests check. Inference only: dropout is not applied.
     """
 
     def __init__(self, decoder):
@@ -94,11 +98,88 @@ class CachedBertDecoder:
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim)  # (..., H) -> (..., heads, head_dim)
 
-    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, *, width: int, max_length: int) -> dict:
+    def _attend(self, query: torch.Tensor, current: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        """Return the ``(n, H)`` self-attention context of ``n`` tokens over their earlier tokens and themselves.
+
+        ``query`` is ``(n, heads, d)``, ``current`` the tokens' own ``(n, 2, heads, d)`` key and value, and
+        ``earlier`` the ``(t, n, 2, heads, d)`` keys and values of the ``t`` tokens before them. A CID has at
+        most ``max_depth + 1`` tokens, so elementwise products cost less than batched matrix products and
+        their layout copies.
+        """
+        scale = self.head_dim ** -0.5
+        scores = torch.cat([(earlier[:, :, 0] * query).sum(-1), (current[:, 0] * query).sum(-1)[None]])  # (t + 1, n, heads)
+        weights = torch.softmax(scores * scale, dim=0)
+        context = (weights[:-1, ..., None] * earlier[:, :, 1]).sum(0) + weights[-1, ..., None] * current[:, 1]
+        return context.flatten(1)
+
+    def first_layer_states(self, trie: TorchTrie, *, chunk_size: int = 65536) -> torch.Tensor:
+        """Return the ``(n_nodes, H)`` output of the first layer's self-attention block at every trie node.
+
+        A beam at node ``v`` has fed the tokens of ``v``'s CID prefix, and the first layer's
+        self-attention reads only those tokens. So its output (after the residual and layer
+        norm) is a function of ``v`` alone. It is computed once, level by level, and kept on
+        the trie until the decoder's weights change. It takes ``n_nodes * H`` numbers in the
+        decoder's dtype (about 2.2 GB for 700,000 nodes of 768 float32 values).
+        """
+        weights = tuple((p.data_ptr(), p._version) for p in self.bert.parameters())
+        key = (id(self.bert), self.head.decoder.weight.dtype, self.head.decoder.weight.device)
+        cached = trie.node_states.get(key)
+        if cached is not None and cached[0] == weights:
+            return cached[1]
+        trie.node_states.pop(key, None)  # free the stale table before building the new one
+
+        children, k = trie.children, trie.branching_factor
+        device = children.device
+        embeddings, layer = self.bert.embeddings, self.bert.encoder.layer[0]
+        hidden = embeddings.word_embeddings.weight.shape[1]
+        num_nodes = len(children)
+        parent = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+        digit = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+        rows, columns = (children >= 0).nonzero(as_tuple=True)
+        parent[children[rows, columns]] = rows
+        digit[children[rows, columns]] = columns
+        # Keys and values of the nodes that have children, the only ones later levels attend to.
+        has_children = (children >= 0).any(dim=1)
+        key_value_row = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+        key_value_row[has_children] = torch.arange(int(has_children.sum()), device=device)
+        key_values = embeddings.word_embeddings.weight.new_empty(int(has_children.sum()), 2 * hidden)
+        states = embeddings.word_embeddings.weight.new_empty(num_nodes, hidden)
+
+        level = torch.zeros(1, dtype=torch.long, device=device)  # the root, fed the decoder start token (0)
+        for depth in range(trie.max_depth + 1):
+            for start in range(0, len(level), chunk_size):
+                nodes = level[start:start + chunk_size]
+                tokens = (depth - 1) * k + digit[nodes] + 2 if depth else torch.zeros_like(nodes)
+                x = embeddings.word_embeddings(tokens) + embeddings.position_embeddings.weight[depth]
+                x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (n, H)
+                query_key_value = torch.nn.functional.linear(x, *self.qkv[0])  # (n, 3H)
+                ancestors, earlier = nodes, []
+                for _ in range(depth):
+                    ancestors = parent[ancestors]
+                    earlier.append(key_values[key_value_row[ancestors]])
+                earlier = torch.stack(earlier[::-1]) if earlier else query_key_value.new_empty(0, len(nodes), 2 * hidden)
+                context = self._attend(
+                    query_key_value[:, :hidden].view(len(nodes), self.num_heads, self.head_dim),
+                    query_key_value[:, hidden:].view(len(nodes), 2, self.num_heads, self.head_dim),
+                    earlier.view(depth, len(nodes), 2, self.num_heads, self.head_dim),
+                )
+                attention_output = layer.attention.output
+                states[nodes] = attention_output.LayerNorm(dense_plus_residual(attention_output.dense, context, x))
+                inner = has_children[nodes]
+                key_values[key_value_row[nodes[inner]]] = query_key_value[inner, hidden:]
+            level = children[level].view(-1)
+            level = level[level >= 0]
+            if not len(level):
+                break
+        trie.node_states[key] = (weights, states)
+        return states
+
+    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, trie: TorchTrie, *, width: int) -> dict:
         """Precompute the cross-attention of ``(B, T, H)`` encoder states, once per query.
 
-        ``width`` beams per query and ``max_length`` steps size the self-attention cache.
+        ``width`` beams per query and the trie's longest CID size the self-attention cache.
         """
+        max_length = trie.max_depth + 1
         batch, length, hidden = memory.shape
         heads, head_dim = self.num_heads, self.head_dim
         scale = head_dim ** -0.5
@@ -124,10 +205,13 @@ class CachedBertDecoder:
         # Self-attention keys and values side by side, (L, B * W, 2H) per layer. The caches never move: `ancestry[t, r]`
         # is the cache row of the step-t token of the beam now in row r, so a reorder rewrites only this small table.
         cache_shape = (max_length, batch * width, 2 * hidden)
-        # Left uninitialised: a beam reads only rows its live ancestors wrote.
-        self_cache = [memory.new_empty(cache_shape) for _ in cross]
+        # Left uninitialised: a beam reads only rows its live ancestors wrote. The first layer needs none.
+        self_cache = [None] + [memory.new_empty(cache_shape) for _ in cross[1:]]
         ancestry = torch.arange(batch * width, device=memory.device).expand(max_length, -1).clone()  # (L, B * W)
-        return {"cross": cross, "memory_bias": bias, "self": self_cache, "ancestry": ancestry, "width": width}
+        return {
+            "cross": cross, "memory_bias": bias, "self": self_cache, "ancestry": ancestry, "width": width,
+            "first_layer": self.first_layer_states(trie),
+        }
 
     def _cross_attention(self, layer, prepared: tuple, x: torch.Tensor, memory_bias: torch.Tensor) -> torch.Tensor:
         """Return the cross-attention output of ``(B, beams, H)`` states ``x``, plus ``x`` (the residual)."""
@@ -153,28 +237,14 @@ class CachedBertDecoder:
         ancestry = state["ancestry"]
         ancestry[:length] = ancestry[:length].index_select(1, rows)
 
-    def _embed(self, tokens: torch.Tensor, position: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return the embedded ``(n,)`` tokens at ``position`` and the first layer's query, key and value of them.
+    def step(self, nodes: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
+        """Advance the ``live`` beams, now at ``(B, W)`` trie ``nodes``, by their token at ``position``.
 
-        The CID vocabulary offers at most ``k`` tokens per position, so both are computed once per distinct
-        token and copied to the beams that feed it.
-        """
-        embeddings = self.bert.embeddings
-        distinct, inverse = torch.unique(tokens, return_inverse=True)
-        x = embeddings.word_embeddings(distinct) + embeddings.position_embeddings.weight[position]
-        x = embeddings.LayerNorm(x + embeddings.token_type_embeddings.weight[0])  # (distinct, H)
-        query_key_value = torch.nn.functional.linear(x, *self.qkv[0])  # (distinct, 3H)
-        return x.index_select(0, inverse), query_key_value.index_select(0, inverse)
-
-    def step(self, tokens: torch.Tensor, position: int, state: dict, live: torch.Tensor) -> torch.Tensor:
-        """Feed the ``(B, W)`` tokens of the ``live`` beams at ``position``; return their ``(n_live, vocab)`` logits.
-
-        Rows follow ``live.nonzero()`` order (by query, then beam).
+        Returns their ``(n_live, vocab)`` logits, in ``live.nonzero()`` order (by query, then beam).
         """
         queries, beams = live.nonzero(as_tuple=True)  # (n,), (n,)
         rows = queries * state["width"] + beams  # (n,) rows of the self-attention cache
-        x, query_key_value = self._embed(tokens[queries, beams], position)  # (n, H), (n, 3H)
-        scale = self.head_dim ** -0.5
+        x = state["first_layer"].index_select(0, nodes[queries, beams])  # (n, H), after the first self-attention
         batch, hidden = live.shape[0], x.shape[1]
         low, high = int(beams.min()), int(beams.max()) + 1
         dense = len(beams) == batch * (high - low)  # every query has beams low..high live, so no scatter is needed
@@ -186,24 +256,22 @@ class CachedBertDecoder:
         sources = (steps + state["ancestry"][:position, rows]).view(-1)  # (position * n,)
         contiguous = dense and low == 0 and high == state["width"]  # rows is 0..B*W-1
         for i, layer in enumerate(self.bert.encoder.layer):
-            # Self-attention over this beam's tokens so far. There are at most max_depth + 1 of them, so
-            # elementwise products cost less than batched matrix products and their layout copies.
             if i > 0:
+                # Self-attention over this beam's tokens so far.
                 query_key_value = torch.nn.functional.linear(x, *self.qkv[i])  # (n, 3H): query, key, value
-            query = query_key_value[:, :hidden].view(len(x), self.num_heads, self.head_dim)
-            current = query_key_value[:, hidden:].view(len(x), 2, self.num_heads, self.head_dim)  # key, value
-            cache = state["self"][i]  # (L, B * W, 2H)
-            if contiguous:
-                cache[position] = query_key_value[:, hidden:]
-            else:
-                cache[position].index_copy_(0, rows, query_key_value[:, hidden:])
-            earlier = cache.view(-1, 2 * hidden).index_select(0, sources).view(position, len(x), 2, self.num_heads, self.head_dim)
-            scores = torch.cat([(earlier[:, :, 0] * query).sum(-1), (current[:, 0] * query).sum(-1)[None]])  # (t, n, heads)
-            weights = torch.softmax(scores * scale, dim=0)
-            context = (weights[:-1, ..., None] * earlier[:, :, 1]).sum(0) + weights[-1, ..., None] * current[:, 1]
-            context = context.flatten(1)  # (n, H)
-            attention_output = layer.attention.output
-            x = attention_output.LayerNorm(dense_plus_residual(attention_output.dense, context, x))
+                cache = state["self"][i]  # (L, B * W, 2H)
+                if contiguous:
+                    cache[position] = query_key_value[:, hidden:]
+                else:
+                    cache[position].index_copy_(0, rows, query_key_value[:, hidden:])
+                earlier = cache.view(-1, 2 * hidden).index_select(0, sources)
+                context = self._attend(
+                    query_key_value[:, :hidden].view(len(x), self.num_heads, self.head_dim),
+                    query_key_value[:, hidden:].view(len(x), 2, self.num_heads, self.head_dim),
+                    earlier.view(position, len(x), 2, self.num_heads, self.head_dim),
+                )  # (n, H)
+                attention_output = layer.attention.output
+                x = attention_output.LayerNorm(dense_plus_residual(attention_output.dense, context, x))
 
             # Cross-attention to the query's encoder states, shared by all its beams. The rows are laid out
             # (B, beams lo..hi), so one batched product per query serves all its beams.
@@ -242,11 +310,11 @@ def decoder_in(model, dtype: torch.dtype):
     return cached[1]
 
 
-def _expand_beams(decoder, state, live, scores, nodes, last_tokens, position: int, trie: TorchTrie, width: int) -> torch.Tensor:
+def _expand_beams(decoder, state, live, scores, nodes, position: int, trie: TorchTrie, width: int) -> torch.Tensor:
     """Return the ``(B, W, k+1)`` scores of every live beam's candidates (k digits, then EOS); -inf where invalid."""
     batch, k = live.shape[0], trie.branching_factor
     device = scores.device
-    log_probs = torch.log_softmax(decoder.step(last_tokens, position, state, live).float(), dim=-1)  # (n_live, vocab)
+    log_probs = torch.log_softmax(decoder.step(nodes, position, state, live).float(), dim=-1)  # (n_live, vocab)
     digit_tokens = position * k + torch.arange(k, device=device) + 2  # (k,)
     in_vocab = digit_tokens < log_probs.shape[-1]
     expanded = torch.full((len(log_probs), k + 1), float("-inf"), device=device)
@@ -295,13 +363,12 @@ def constrained_beam_search(
     memory = encoder_outputs.last_hidden_state
     decoder = CachedBertDecoder(model.seq2seq.decoder if dtype is None else decoder_in(model, dtype))
     memory = memory.to(decoder.head.decoder.weight.dtype)
-    state = decoder.start(memory, attention_mask, width=width, max_length=trie.max_depth + 1)
+    state = decoder.start(memory, attention_mask, trie, width=width)
 
-    # Live beams: trie node, score and last token; beam 0 starts at the root, the others are empty.
+    # Live beams: trie node and score; beam 0 starts at the root (fed the decoder start token), the others are empty.
     nodes = torch.zeros(batch, width, dtype=torch.long, device=device)
     scores = torch.full((batch, width), float("-inf"), device=device)
     scores[:, 0] = 0.0
-    last_tokens = torch.zeros(batch, width, dtype=torch.long, device=device)  # the decoder start token
     # Finished hypotheses: the best `width` per query.
     pool_leaves = torch.full((batch, width), -1, dtype=torch.long, device=device)
     pool_scores = torch.full((batch, width), float("-inf"), device=device)
@@ -315,7 +382,7 @@ def constrained_beam_search(
         live &= ~(pool_full[:, None] & (scores < pool_scores[:, -1:]))
         if not live.any():
             break
-        candidates = _expand_beams(decoder, state, live, scores, nodes, last_tokens, position, trie, width)  # (B, W, k+1)
+        candidates = _expand_beams(decoder, state, live, scores, nodes, position, trie, width)  # (B, W, k+1)
         flat = candidates.view(batch, width * (k + 1))
 
         # Finished: EOS candidates ranked within the top `width` of all candidates join the pool.
@@ -334,7 +401,6 @@ def constrained_beam_search(
         source_beam, digit = next_index // (k + 1), next_index % (k + 1)
         next_nodes = trie.children[nodes.gather(1, source_beam), digit.clamp(max=k - 1)]
         alive = torch.isfinite(next_scores)
-        last_tokens = torch.where(alive, position * k + digit + 2, 0)
         nodes = torch.where(alive, next_nodes, 0)
         scores = next_scores
         decoder.reorder(state, source_beam, position + 1)

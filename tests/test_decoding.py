@@ -111,14 +111,21 @@ def test_cached_steps_equal_full_forward(model, tree, queries):
     labels = torch.as_tensor(tree.leaf_tokens(np.array([0, 5, 9])))  # (3, L)
     decoder_inputs = torch.zeros_like(labels)
     decoder_inputs[:, 1:] = labels[:, :-1]
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    # The trie node of each row after each fed token: the root after the start token, then one digit at a time.
+    codes = [tree.leaf_code(leaf) for leaf in (0, 5, 9)]
+    nodes = torch.zeros(3, tree.max_depth + 1, dtype=torch.long)
+    for row, code in enumerate(codes):
+        for depth, digit in enumerate(code, start=1):
+            nodes[row, depth] = trie.children[nodes[row, depth - 1], digit]
     with torch.no_grad():
         full = model.decoder_logits(encoder_outputs, tokens["attention_mask"], decoder_inputs)  # (3, L, vocab)
         stepper = CachedBertDecoder(model.seq2seq.decoder)
-        state = stepper.start(encoder_outputs.last_hidden_state, tokens["attention_mask"], width=1, max_length=labels.shape[1])
-        live = torch.ones(3, 1, dtype=torch.bool)
-        for position in range(labels.shape[1]):
-            step = stepper.step(decoder_inputs[:, position:position + 1], position, state, live)  # (3, vocab)
-            assert torch.allclose(step, full[:, position], atol=1e-4)
+        state = stepper.start(encoder_outputs.last_hidden_state, tokens["attention_mask"], trie, width=1)
+        for position in range(max(len(code) for code in codes) + 1):
+            live = torch.tensor([[position <= len(code)] for code in codes])  # a row ends after its last digit
+            step = stepper.step(nodes[:, position:position + 1], position, state, live)  # (n_live, vocab)
+            assert torch.allclose(step, full[live[:, 0], position], atol=1e-4)
 
 
 @pytest.mark.parametrize("which", ["tiny", "minilm"])
@@ -217,4 +224,27 @@ def test_decoder_copy_follows_weight_changes(model):
         assert torch.equal(second.cls.predictions.decoder.weight, weight.to(torch.bfloat16))
     finally:
         with torch.no_grad():
+            weight.copy_(original)
+
+
+def test_first_layer_states_cached_per_weights(model, tree):
+    from pyterrier_gdr.decoding import CachedBertDecoder
+
+    trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
+    stepper = CachedBertDecoder(model.seq2seq.decoder)
+    with torch.no_grad():
+        states = stepper.first_layer_states(trie)
+        assert states.shape == (len(trie.children), model.seq2seq.decoder.config.hidden_size)
+        assert stepper.first_layer_states(trie) is states
+        # Levels computed in small chunks give the same table.
+        assert torch.allclose(stepper.first_layer_states(TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth), chunk_size=7), states)
+        weight = model.seq2seq.decoder.bert.embeddings.word_embeddings.weight
+        original = weight.detach().clone()
+        weight.add_(0.5)  # in place, as an optimizer step
+        try:
+            changed = stepper.first_layer_states(trie)
+            assert changed is not states
+            assert not torch.allclose(changed, states)
+            assert len(trie.node_states) == 1  # the stale table was dropped
+        finally:
             weight.copy_(original)
