@@ -121,8 +121,9 @@ class CachedBertDecoder:
         the trie until the decoder's weights change. It takes ``n_nodes * H`` numbers in the
         decoder's dtype (about 2.2 GB for 700,000 nodes of 768 float32 values).
         """
-        weights = tuple((p.data_ptr(), p._version) for p in self.bert.parameters())
-        key = (id(self.bert), self.head.decoder.weight.dtype, self.head.decoder.weight.device)
+        # One table per dtype and device, for the decoder and weights it was computed with.
+        weights = (id(self.bert),) + tuple((p.data_ptr(), p._version) for p in self.bert.parameters())
+        key = (self.head.decoder.weight.dtype, self.head.decoder.weight.device)
         cached = trie.node_states.get(key)
         if cached is not None and cached[0] == weights:
             return cached[1]
@@ -140,9 +141,10 @@ class CachedBertDecoder:
         digit[children[rows, columns]] = columns
         # Keys and values of the nodes that have children, the only ones later levels attend to.
         has_children = (children >= 0).any(dim=1)
+        num_inner = int(has_children.sum())
         key_value_row = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
-        key_value_row[has_children] = torch.arange(int(has_children.sum()), device=device)
-        key_values = embeddings.word_embeddings.weight.new_empty(int(has_children.sum()), 2 * hidden)
+        key_value_row[has_children] = torch.arange(num_inner, device=device)
+        key_values = embeddings.word_embeddings.weight.new_empty(num_inner, 2 * hidden)
         states = embeddings.word_embeddings.weight.new_empty(num_nodes, hidden)
 
         level = torch.zeros(1, dtype=torch.long, device=device)  # the root, fed the decoder start token (0)

@@ -228,7 +228,7 @@ def test_decoder_copy_follows_weight_changes(model):
 
 
 def test_first_layer_states_cached_per_weights(model, tree):
-    from pyterrier_gdr.decoding import CachedBertDecoder
+    from pyterrier_gdr.decoding import CachedBertDecoder, decoder_in
 
     trie = TorchTrie.from_trie(tree.trie(), max_depth=tree.max_depth)
     stepper = CachedBertDecoder(model.seq2seq.decoder)
@@ -248,3 +248,7 @@ def test_first_layer_states_cached_per_weights(model, tree):
             assert len(trie.node_states) == 1  # the stale table was dropped
         finally:
             weight.copy_(original)
+        # A bfloat16 copy of the decoder gets its own table beside the float32 one.
+        half = CachedBertDecoder(decoder_in(model, torch.bfloat16)).first_layer_states(trie)
+        assert half.dtype == torch.bfloat16
+        assert len(trie.node_states) == 2
