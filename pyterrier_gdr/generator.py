@@ -117,17 +117,17 @@ class ClusterGenerator(pt.Transformer):
             default) means ``num_clusters``, and 0 turns it off. On an index with no added
             documents it changes nothing. Each group gets the query's lowest decoded
             ``cluster_score``. Documents already among the decoded leaves are not repeated.
-        precision: the decoder's arithmetic: ``"float32"`` (the default) returns the clusters of
-            ``transformers``' constrained ``generate``; ``"bfloat16"`` or ``"float16"`` decode
-            faster where the hardware multiplies 16-bit numbers natively (recent x86 CPUs for
-            bfloat16, GPUs for both) and may rank close clusters in another order. The encoder
-            stays in float32, so the query vectors the ranker uses do not change.
+        precision: the decoder's arithmetic: ``"float32"`` (the default, also for ``None``)
+            returns the clusters of ``transformers``' constrained ``generate``; ``"bfloat16"`` or
+            ``"float16"`` decode faster where the hardware multiplies 16-bit numbers natively
+            (recent x86 CPUs for bfloat16, GPUs for both) and may rank close clusters in another
+            order. The encoder stays in float32, so the query vectors the ranker uses do not change.
         verbose: show progress over query batches.
     """
 
     def __init__(
         self, index, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
-        added_clusters: Optional[int] = None, precision: str = "float32", verbose: bool = False,
+        added_clusters: Optional[int] = None, precision: Optional[str] = "float32", verbose: bool = False,
     ):
         from pyterrier_gdr.decoding import DECODER_DTYPES
 
@@ -139,6 +139,7 @@ class ClusterGenerator(pt.Transformer):
                 f"added_clusters={added_clusters!r} is invalid; use a whole number: 0 adds no groups, m adds the groups "
                 "among the m best centroids of leaves and groups, and None means num_clusters"
             )
+        precision = "float32" if precision is None else precision
         if precision not in DECODER_DTYPES:
             raise ValueError(
                 f"precision={precision!r} is invalid; use 'float32' (exact), 'bfloat16' (faster on recent CPUs and GPUs) "
@@ -155,6 +156,7 @@ class ClusterGenerator(pt.Transformer):
         self.precision = precision
         self.verbose = verbose
         self._router = None  # ranks leaf and group centroids for added_clusters
+        self._warned_float16 = False
         self.work = WorkCounter()
         self._decoded = {}
 
@@ -231,6 +233,9 @@ class ClusterGenerator(pt.Transformer):
         model = self.index.model
         trie = self.index.torch_trie()
         dtype = DECODER_DTYPES[self.precision]
+        if self.precision == "float16" and model.device.type == "cpu" and not self._warned_float16:
+            logger.warning("precision='float16' decodes on the CPU, where it is usually slower than float32; use 'bfloat16' there")
+            self._warned_float16 = True
         decoded = {}
         batches = range(0, len(queries), self.batch_size)
         for start in pt.tqdm(batches, desc="ClusterGenerator", unit="batch", disable=not self.verbose):

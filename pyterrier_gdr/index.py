@@ -458,7 +458,7 @@ class GDRIndex(pta.Artifact):
 
     def cluster_generator(
         self, *, num_clusters: int = 10, beam_size: Optional[int] = None, batch_size: int = 32, cache: bool = False,
-        added_clusters: Optional[int] = None, precision: str = "float32", verbose: Optional[bool] = None,
+        added_clusters: Optional[int] = None, precision: Optional[str] = "float32", verbose: Optional[bool] = None,
     ):
         """Return the :class:`~pyterrier_gdr.generator.ClusterGenerator` of this index.
 

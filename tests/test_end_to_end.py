@@ -122,6 +122,33 @@ def test_rerun_reuses_cache(first_run, experiment_file, caplog):
     assert "training the GDR model" not in messages
     assert "encoding the corpus" not in messages
     assert "building the BM25 index" not in messages
+    assert f"using the GDR index at {model_files[0].parent.parent}" in messages
+
+
+def test_decoder_precisions_from_cache(first_run, experiment_file):
+    """Two GDR pipelines that differ in decoder precision, the second written with an unquoted dotted key."""
+    _, _, cache = first_run
+    settings = (experiment_file / "exp.toml").read_text().split("[evaluation]")[0]
+    (experiment_file / "precision.toml").write_text(settings + textwrap.dedent("""
+        [evaluation]
+        measures = ["R@10"]
+        baseline = "GDR"
+        [[pipeline]]
+        name = "GDR"
+        run = "generator >> ranker"
+        params = { num_clusters = 3 }
+        [[pipeline]]
+        name = "GDR, bfloat16"
+        run = "generator >> ranker"
+        params = { num_clusters = 3, generator.precision = "bfloat16" }
+    """))
+    output = experiment_file / "precision-out"
+    code = main(["experiment", str(experiment_file / "precision.toml"), "--output", str(output), "--cache", str(cache), "--quiet"])
+    assert code == 0
+    report = (output / "results.md").read_text()
+    assert "| GDR, bfloat16 " in report
+    assert "PISA" not in report  # no BM25 pipeline, so no note about BM25's cost
+    assert "n/a for BM25, whose work PISA does not report" in (first_run[1] / "results.md").read_text()
 
 
 def test_bad_file_reports_error(tmp_path, capsys):

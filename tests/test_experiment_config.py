@@ -89,13 +89,26 @@ def test_generator_precision_parameter():
 
 
 @pytest.mark.parametrize("section,key,value,message", [
-    ("params", "precision", "bf16", "generator.precision = 'bf16' is invalid \\(did you mean 'bfloat16'\\?\\); valid: float32, bfloat16, float16"),
+    ("params", "precision", "bf16", "generator.precision = 'bf16' is invalid \\(did you mean 'bfloat16'\\?\\); valid: float32, bfloat16, float16 \\(float32 is exact; float16 is faster only on GPUs\\)"),
     ("tune", "fusion", ["log_prob", "papers"], "ranker.fusion = 'papers' is invalid \\(did you mean 'paper'\\?\\); valid: log_prob, paper"),
 ])
 def test_choices_checked_when_read(section, key, value, message):
     document = with_changes(pipeline=[{"name": "BM25", "run": "generator >> ranker", section: {key: value}}])
     with pytest.raises(ExperimentError, match=message):
         parse_experiment(document)
+
+
+def test_unquoted_dotted_key_names_component(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(textwrap.dedent("""
+        [dataset]
+        corpus = "irds:pyterrier-gdr/wiki-slice"
+        test = "irds:pyterrier-gdr/wiki-slice/test"
+        [[pipeline]]
+        run = "generator >> ranker"
+        params = { generator.precision = "bfloat16", ranker.alpha = 0.5 }
+    """))
+    assert load_experiment(path).pipelines[0].params == {"generator": {"precision": "bfloat16"}, "ranker": {"alpha": 0.5}}
 
 
 def test_choices_match_transformers():

@@ -1,4 +1,6 @@
 """GDR transformers end to end on the slice index, and PyTerrier's contract checks."""
+import logging
+
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
@@ -63,10 +65,25 @@ def test_generator_rejects_small_beam(trained_index):
         trained_index.cluster_generator(num_clusters=5, beam_size=2)
 
 
-@pytest.mark.parametrize("precision", ["float8", "fp16", None])
+@pytest.mark.parametrize("precision", ["float8", "fp16", ""])
 def test_generator_rejects_unknown_precision(trained_index, precision):
     with pytest.raises(ValueError, match=f"precision={precision!r} is invalid; use 'float32' \\(exact\\), 'bfloat16'"):
         trained_index.cluster_generator(precision=precision)
+
+
+def test_generator_precision_none_is_float32(trained_index):
+    assert trained_index.cluster_generator(precision=None).precision == "float32"
+
+
+def test_generator_warns_float16_on_cpu(trained_index, caplog):
+    generator = trained_index.cluster_generator(num_clusters=2, precision="float16")
+    topics = pd.DataFrame({"qid": ["1"], "query": ["Normans"]})
+    with caplog.at_level(logging.WARNING, logger="pyterrier_gdr.generator"):
+        result = generator(topics)
+        generator(pd.DataFrame({"qid": ["2"], "query": ["Super Bowl"]}))
+    warnings = [r.getMessage() for r in caplog.records if "float16" in r.getMessage()]
+    assert warnings == ["precision='float16' decodes on the CPU, where it is usually slower than float32; use 'bfloat16' there"]
+    assert result["cluster_id"].nunique() == 2
 
 
 def test_generator_in_bfloat16_keeps_query_vectors(trained_index):

@@ -131,6 +131,8 @@ class ExperimentResources:
                 GDRIndex.from_vectors(path, vectors, flex.index_path / "docnos.npids", encoder=self.encoder_path, tree=self.config.tree, overwrite=path.exists(), verbose=self.verbose)
                 with open(path / "experiment_settings.json", "w", encoding="utf-8") as fout:
                     json.dump(settings, fout, indent=2)
+            else:
+                logger.info("using the GDR index at %s", path)
             index = GDRIndex(path, verbose=self.verbose)
             if not index.has_model:
                 train = self.split("train")

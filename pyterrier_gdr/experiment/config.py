@@ -51,6 +51,7 @@ CHOICES: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ("generator", "precision"): ("float32", "bfloat16", "float16"),
     ("ranker", "fusion"): ("log_prob", "paper"),
 }
+CHOICE_NOTES: Dict[Tuple[str, str], str] = {("generator", "precision"): " (float32 is exact; float16 is faster only on GPUs)"}
 
 # Components that answer questions (output ``qanswer``) rather than rank documents.
 READERS = ("reader", "base_reader")
@@ -162,17 +163,29 @@ def _parse_pipeline(position: int, entry: Mapping[str, Any]) -> PipelineSpec:
     def check_choice(component: str, parameter: str, value: Any) -> None:
         choices = CHOICES.get((component, parameter))
         if choices is not None and value not in choices:
+            note = CHOICE_NOTES.get((component, parameter), "")
             raise ExperimentError(
-                f"{where}: {component}.{parameter} = {value!r} is invalid{_suggest(str(value), choices)}; valid: {', '.join(choices)}"
+                f"{where}: {component}.{parameter} = {value!r} is invalid{_suggest(str(value), choices)}; "
+                f"valid: {', '.join(choices)}{note}"
             )
 
+    def flatten(section: str) -> Dict[str, Any]:
+        # TOML reads an unquoted dotted key (generator.precision = ...) as a table named after the component.
+        flat = {}
+        for key, value in dict(entry.get(section, {})).items():
+            if isinstance(value, Mapping) and key in COMPONENTS:
+                flat.update({f"{key}.{parameter}": inner for parameter, inner in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
     params: Dict[str, Dict[str, Any]] = {c: {} for c in components}
-    for key, value in dict(entry.get("params", {})).items():
+    for key, value in flatten("params").items():
         component, parameter = assign(key, value, "params")
         check_choice(component, parameter, value)
         params[component][parameter] = value
     tune: Dict[str, Dict[str, List[Any]]] = {}
-    for key, values in dict(entry.get("tune", {})).items():
+    for key, values in flatten("tune").items():
         component, parameter = assign(key, values, "tune")
         if not isinstance(values, list) or not values:
             raise ExperimentError(f"{where}: tune.{key} must be a non-empty list of values; found {values!r}")

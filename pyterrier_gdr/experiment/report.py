@@ -133,12 +133,13 @@ def write_report(result, config, scans: Dict[str, pd.DataFrame], answers, test, 
     result.full_table.to_csv(path, index=False)
     files.append(path)
 
+    bm25_note = " (n/a for BM25, whose work PISA does not report)" if any(p.components[0] == "bm25" for p in config.pipelines) else ""
     header = (
         f"# {config.name}\n\n"
         f"Corpus `{config.corpus}` ({resources.corpus.count:,} passages); test questions `{config.test}` ({len(test):,}). "
         f"`*`: significantly different from the baseline ({config.baseline}), paired t-test, {config.correction} correction, "
         "p < 0.05. `mrt (ms)`: mean response time per query on this machine; `docs scored/q`: documents whose "
-        "score was computed per query (n/a for BM25, whose work PISA does not report).\n\n"
+        f"score was computed per query{bm25_note}.\n\n"
     )
     path = output / "results.md"
     path.write_text(header + result.table.to_markdown(index=False) + "\n", encoding="utf-8")
