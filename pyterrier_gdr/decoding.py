@@ -35,7 +35,7 @@ class TorchTrie:
     node_leaf: torch.Tensor  # (n_nodes,) long, leaf id or -1
     branching_factor: int
     max_depth: int
-    # First-layer decoder states of every node, per decoder (see CachedBertDecoder.first_layer_states).
+    # First-layer decoder states of every node, one table per dtype and device (see CachedBertDecoder.first_layer_states).
     node_states: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -362,9 +362,8 @@ def constrained_beam_search(
     neg_inf = torch.tensor(float("-inf"), device=device)
     if encoder_outputs is None:
         encoder_outputs = model.encode(input_ids, attention_mask)
-    memory = encoder_outputs.last_hidden_state
     decoder = CachedBertDecoder(model.seq2seq.decoder if dtype is None else decoder_in(model, dtype))
-    memory = memory.to(decoder.head.decoder.weight.dtype)
+    memory = encoder_outputs.last_hidden_state.to(decoder.head.decoder.weight.dtype)
     state = decoder.start(memory, attention_mask, trie, width=width)
 
     # Live beams: trie node and score; beam 0 starts at the root (fed the decoder start token), the others are empty.

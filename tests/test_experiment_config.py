@@ -84,6 +84,7 @@ def test_qualified_parameter():
 
 
 def test_generator_precision_parameter():
+    # The pipeline is named BM25 because VALID's [evaluation] names BM25 as the baseline.
     document = with_changes(pipeline=[{"name": "BM25", "run": "generator >> ranker", "params": {"precision": "bfloat16"}}])
     assert parse_experiment(document).pipelines[0].params["generator"] == {"precision": "bfloat16"}
 
